@@ -1,0 +1,34 @@
+# Two entry points on a fresh machine with only Python 3.11:
+#   make demo  - the main job end to end on the embedded default (real teacher, real text)
+#   make test  - the test suite (what CI runs through .ci/run)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
+# llama.cpp's AMX kernels crash on these Xeons (Q4_K/Q8_0 repack, SIGSEGV): build it without AMX.
+export CMAKE_ARGS ?= -DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' -DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'
+export PIP_DISABLE_PIP_VERSION_CHECK = 1
+
+.PHONY: demo test venv clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt  # llama-cpp-python compiles once (~6 min), then pip's cache has it
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/nano convert gemma3-270m --out runs/gemma3-270m --overwrite
+	$(BIN)/nano data prepare --tokenizer runs/gemma3-270m
+	$(BIN)/nano eval runs/gemma3-270m --data held-out --json runs/gemma3-270m-heldout.json
+	$(BIN)/nano generate runs/gemma3-270m --prompt "SQLite is" --max-tokens 48
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,1 @@
+"""Nano distill: see the project's issues; the foundation (nano/) is what exists today."""

@@ -1,0 +1,1 @@
+"""Nano export: see the project's issues; the foundation (nano/) is what exists today."""

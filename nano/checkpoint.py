@@ -1,0 +1,139 @@
+"""Nano checkpoints: a directory with `model.safetensors`, `config.json`, `meta.json` and,
+when known, the SentencePiece `tokenizer.model`. Never pickle; always written atomically.
+
+Tensor names are the model's parameter paths joined by dots (`layers.3.attn.q.kernel`).
+"""
+
+import datetime
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
+from nano import __version__
+from nano.atomic import atomic_dir, atomic_file
+from nano.config import ModelConfig
+from nano.errors import NanoError
+from nano.model import Transformer, abstract_model
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+META = "meta.json"
+TOKENIZER = "tokenizer.model"
+
+
+def _key(path: tuple) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def flat_params(model: Transformer) -> dict[str, np.ndarray]:
+    """Parameter name -> host numpy array (dtype kept, bf16 included)."""
+    state = nnx.state(model, nnx.Param)
+    return {_key(path): np.asarray(leaf) for path, leaf in nnx.to_flat_state(state)}
+
+
+def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    state = nnx.state(abstract_model(config), nnx.Param)
+    return {_key(path): tuple(leaf.shape) for path, leaf in nnx.to_flat_state(state)}
+
+
+def model_from_flat(config: ModelConfig, flat: Mapping[str, np.ndarray], *, source: str,
+                    dtype=jnp.float32, param_dtype=None) -> Transformer:
+    """Build a model from named arrays; a missing, extra or mis-shaped tensor is a NanoError."""
+    abstract = abstract_model(config)
+    graphdef, state = nnx.split(abstract)
+    flat_state = nnx.to_flat_state(state)
+    missing = [_key(p) for p, _ in flat_state if _key(p) not in flat]
+    if missing:
+        raise NanoError(f"{source}: missing tensor {missing[0]!r} ({len(missing)} missing) for model {config.name!r}")
+    known = {_key(p) for p, _ in flat_state}
+    extra = sorted(set(flat) - known)
+    if extra:
+        raise NanoError(f"{source}: unexpected tensor {extra[0]!r} for model {config.name!r} ({len(extra)} extra)")
+    leaves = []
+    for path, leaf in flat_state:
+        name, arr = _key(path), flat[_key(path)]
+        if tuple(arr.shape) != tuple(leaf.shape):
+            raise NanoError(f"{source}: tensor {name!r} has shape {tuple(arr.shape)}, model {config.name!r} expects {tuple(leaf.shape)}")
+        arr = jnp.asarray(arr, dtype=param_dtype) if param_dtype is not None else jnp.asarray(arr)
+        leaves.append((path, leaf.replace(arr) if hasattr(leaf, "replace") else arr))
+    model = nnx.merge(graphdef, nnx.from_flat_state(leaves))
+    _set_compute_dtype(model, dtype)
+    return model
+
+
+def _set_compute_dtype(model: Transformer, dtype) -> None:
+    model.dtype = dtype
+    for _, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.Module) and hasattr(node, "dtype") and not isinstance(node, Transformer):
+            node.dtype = dtype
+
+
+def save_checkpoint(out: str | Path, model: Transformer, *, tokenizer=None,
+                    meta: Mapping[str, Any] | None = None, overwrite: bool = False) -> Path:
+    out = Path(out)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        save_file(flat_params(model), str(tmp / WEIGHTS))
+        (tmp / CONFIG).write_text(model.config.to_json() + "\n")
+        info = {"nano_version": __version__,
+                "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                **(meta or {})}
+        if tokenizer is not None:
+            tokenizer.save(tmp / TOKENIZER)
+            info["tokenizer_sha256"] = tokenizer.sha256
+        (tmp / META).write_text(json.dumps(info, indent=2) + "\n")
+    return out
+
+
+def load_config(ckpt: str | Path) -> ModelConfig:
+    path = Path(ckpt) / CONFIG
+    if not path.is_file():
+        raise NanoError(f"{ckpt}: not a Nano checkpoint (no {CONFIG}); create one with `nano convert`")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise NanoError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+    return ModelConfig.from_dict(data, source=str(path))
+
+
+def load_meta(ckpt: str | Path) -> dict[str, Any]:
+    path = Path(ckpt) / META
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def load_checkpoint(ckpt: str | Path, *, dtype=jnp.float32, param_dtype=None) -> Transformer:
+    config = load_config(ckpt)
+    path = Path(ckpt) / WEIGHTS
+    if not path.is_file():
+        raise NanoError(f"{ckpt}: missing {WEIGHTS}; the checkpoint is incomplete, re-run the command that wrote it")
+    try:
+        flat = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise NanoError(f"{path}: unreadable safetensors file ({e})") from None
+    return model_from_flat(config, flat, source=str(path), dtype=dtype, param_dtype=param_dtype)
+
+
+def load_tokenizer(ckpt: str | Path):
+    from nano.tokenizer import Tokenizer
+
+    path = Path(ckpt) / TOKENIZER
+    if not path.is_file():
+        raise NanoError(f"{ckpt}: no {TOKENIZER} beside the checkpoint; convert the teacher with `nano convert` or copy its tokenizer.model here")
+    return Tokenizer.load(path)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    with atomic_file(path, "w") as f:
+        json.dump(data, f, indent=2, default=str)
+        f.write("\n")
+
+
+def tree_size_bytes(model: Transformer) -> int:
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

@@ -1,0 +1,224 @@
+"""`nano` command line: thin Typer commands over the library. Errors print one line, exit 1."""
+
+import contextlib
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from nano.errors import NanoError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Distill, quantize, export and benchmark Gemma-family models for phones.")
+data_app = typer.Typer(no_args_is_help=True, help="Prepare real text as token shards.")
+app.add_typer(data_app, name="data")
+
+# Rich assumes 80 columns when not on a terminal; tables of model shapes need more.
+_WIDTH = None if sys.stdout.isatty() else 160
+console = Console(width=_WIDTH)
+err_console = Console(stderr=True, width=_WIDTH)
+
+
+def _friendly(fn):
+    """Turn library errors into one red line and exit status 1 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except NanoError as e:
+            err_console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err_console.print("[bold red]interrupted[/]; everything written so far is intact")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@contextlib.contextmanager
+def progress_bar():
+    """A rich progress bar and a `report(stage, done, total)` callback feeding it."""
+    cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TimeRemainingColumn())
+    with Progress(*cols, console=err_console, transient=False) as bar:
+        tasks: dict[str, int] = {}
+
+        def report(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        yield report
+
+
+def _checkpoint(spec: str) -> Path:
+    from nano.convert import resolve_teacher
+
+    with err_console.status(f"resolving {spec}"):
+        return resolve_teacher(spec)
+
+
+@app.command()
+@_friendly
+def presets() -> None:
+    """List the model presets with their parameter counts (computed without allocating)."""
+    from nano.config import PRESETS
+    from nano.model import abstract_model, param_count
+
+    table = Table("preset", "params", "non-embedding", "d", "layers", "heads/kv", "head_dim", "ffn", "vocab")
+    for name, c in PRESETS.items():
+        total = param_count(abstract_model(c))
+        table.add_row(name, f"{total / 1e6:,.1f}M", f"{(total - c.vocab_size * c.d_model) / 1e6:,.1f}M",
+                      str(c.d_model), str(c.num_layers), f"{c.num_heads}/{c.num_kv_heads}", str(c.head_dim),
+                      str(c.ffn_dim), f"{c.vocab_size:,}")
+    console.print(table)
+
+
+@app.command()
+@_friendly
+def convert(
+    src: Annotated[str, typer.Argument(help="A .gguf file, a Hugging Face Gemma 2/3 safetensors folder, or `gemma3-270m` (the packaged teacher).")],
+    out: Annotated[Path, typer.Option("--out", help="Output checkpoint directory.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
+    dtype: Annotated[str, typer.Option(help="float32 or bfloat16.")] = "float32",
+) -> None:
+    """Import a teacher into a Nano checkpoint (safetensors + config + tokenizer)."""
+    from nano.checkpoint import load_config
+    from nano.convert import convert as run
+
+    with err_console.status(f"converting {src}"):
+        path = run(src, out, overwrite=overwrite, dtype=dtype)
+    c = load_config(path)
+    console.print(f"wrote {path} ({c.name}: {c.num_layers} layers, d {c.d_model}, vocab {c.vocab_size:,})")
+
+
+@data_app.command("prepare")
+@_friendly
+def data_prepare(
+    out: Annotated[Optional[Path], typer.Option(help="Output directory (default: the cache's data/default).")] = None,
+    tokenizer: Annotated[str, typer.Option(help="Checkpoint whose tokenizer to use, or `gemma3-270m`.")] = "gemma3-270m",
+    train: Annotated[Optional[list[str]], typer.Option(help="Training source(s): debian:PKG, folder:DIR or jsonl:FILE (default debian:python3.11-doc).")] = None,
+    heldout: Annotated[Optional[list[str]], typer.Option(help="Held-out source(s), same forms (default debian:sqlite3-doc).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Rebuild even if --out holds another preparation.")] = False,
+) -> None:
+    """Clean, deduplicate and tokenize real text into memory-mapped train/held-out shards."""
+    from nano.checkpoint import load_tokenizer
+    from nano.data.prepare import default_data_dir, prepare
+    from nano.data.sources import DEFAULT_SOURCES
+
+    tok = load_tokenizer(_checkpoint(tokenizer))
+    out = out or default_data_dir(tok.sha256)
+    sources = {"train": train or [str(s) for s in DEFAULT_SOURCES["train"]],
+               "heldout": heldout or [str(s) for s in DEFAULT_SOURCES["heldout"]]}
+    with progress_bar() as report:
+        manifest = prepare(out, tok, sources=sources, progress=report, overwrite=overwrite)
+    table = Table("split", "documents", "tokens", "sources")
+    for split, info in manifest.splits.items():
+        table.add_row(split, f"{info['documents']:,}", f"{info['tokens']:,}", ", ".join(s["spec"] for s in info["sources"]))
+    console.print(table)
+    console.print(f"wrote {out}")
+
+
+_SPLITS = {"held-out": "heldout", "heldout": "heldout", "train": "train"}
+
+
+def _resolve_data(data: str, split: Optional[str], ckpt: Path) -> tuple[Path, str]:
+    """`held-out`/`train` mean the default Debian-docs preparation for the checkpoint's
+    tokenizer (prepared on first use); anything else is a prepared data directory."""
+    from nano.checkpoint import load_tokenizer
+    from nano.data.prepare import prepare_default
+
+    if data in _SPLITS:
+        tok = load_tokenizer(ckpt)
+        with progress_bar() as report:
+            return prepare_default(tok, progress=report), _SPLITS[data]
+    return Path(data), _SPLITS.get(split or "heldout", split or "heldout")
+
+
+@app.command("eval")
+@_friendly
+def eval_cmd(
+    ckpt: Annotated[str, typer.Argument(help="Checkpoint directory or `gemma3-270m`.")],
+    data: Annotated[str, typer.Option(help="`held-out`/`train` (the default prepared data) or a prepared data directory.")] = "held-out",
+    split: Annotated[Optional[str], typer.Option(help="Split of a data directory (default heldout).")] = None,
+    windows: Annotated[int, typer.Option(help="Number of windows, evenly spread over the split; 0 = all.")] = 40,
+    window: Annotated[int, typer.Option(help="Window length (BOS + window-1 scored tokens).")] = 512,
+    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 1,
+    json_out: Annotated[Optional[str], typer.Option("--json", help="Also write the result as JSON to this file (`-` = stdout).")] = None,
+) -> None:
+    """Held-out perplexity (every token scored) and scoring speed."""
+    from nano.checkpoint import load_checkpoint, load_meta
+    from nano.data.shards import TokenSplit, eval_windows
+    from nano.eval import evaluate
+
+    path = _checkpoint(ckpt)
+    meta = load_meta(path)
+    data_dir, split = _resolve_data(data, split, path)
+    tokens = TokenSplit.open(data_dir, split)
+    if meta.get("tokenizer_sha256"):
+        tokens.check_tokenizer(meta["tokenizer_sha256"])
+    bos = int(tokens.manifest["tokenizer"].get("bos_id", 2))
+    wins = eval_windows(tokens.tokens, window=window, bos_id=bos, max_windows=windows or None)
+    model = load_checkpoint(path)
+    with progress_bar() as report:
+        result = evaluate(model, wins, batch_size=batch_size,
+                          progress=lambda d, t: report(f"scoring {split}", d, t))
+    row = {"checkpoint": str(path), "model": model.config.name, "data": str(data_dir), "split": split,
+           **result.as_dict()}
+    table = Table("model", "split", "windows", "scored tokens", "perplexity", "tokens/s")
+    table.add_row(model.config.name, split, f"{result.windows} x {result.window}", f"{result.scored_tokens:,}",
+                  f"{result.perplexity:.3f}", f"{result.tokens_per_s:,.0f}")
+    console.print(table)
+    if json_out == "-":
+        sys.stdout.write(json.dumps(row, indent=2) + "\n")
+    elif json_out:
+        from nano.checkpoint import write_json
+
+        write_json(json_out, row)
+
+
+@app.command()
+@_friendly
+def generate(
+    ckpt: Annotated[str, typer.Argument(help="Checkpoint directory or `gemma3-270m`.")],
+    prompt: Annotated[str, typer.Option(help="Text to continue.")],
+    max_tokens: Annotated[int, typer.Option(help="New tokens at most.")] = 64,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
+    top_k: Annotated[Optional[int], typer.Option(help="Sample from the k most likely tokens.")] = None,
+    top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling mass.")] = None,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+) -> None:
+    """Continue a prompt on the KV-cache path, streaming the text."""
+    from nano.checkpoint import load_checkpoint, load_tokenizer
+    from nano.generate import Sampling, generate as run
+
+    path = _checkpoint(ckpt)
+    tok = load_tokenizer(path)
+    model = load_checkpoint(path)
+    sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    ids, text = [], ""
+    console.print(prompt, end="", style="bold", highlight=False)
+    for tid in run(model, tok.encode(prompt, add_bos=True), max_new_tokens=max_tokens,
+                   sampling=sampling, stop_ids=tok.stop_ids()):
+        if tid in tok.stop_ids():
+            break
+        ids.append(tid)
+        new = tok.decode(ids)
+        console.print(new[len(text):], end="", highlight=False, markup=False)
+        text = new
+    console.print()
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,82 @@
+"""llama.cpp (through llama-cpp-python) as the independent reference and comparator:
+full logits for parity tests and perplexity, greedy decoding, and timing."""
+
+import contextlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from nano.errors import NanoError
+
+
+class LlamaCpp:
+    """One llama.cpp context over a GGUF file; `window` is the longest sequence it will score."""
+
+    def __init__(self, gguf_path: str | Path, *, window: int = 512, threads: int | None = None,
+                 logits_all: bool = True):
+        try:
+            import llama_cpp
+        except ImportError:
+            raise NanoError("llama-cpp-python is not installed; run `make test` (or pip install llama-cpp-python) to get it") from None
+        threads = threads or os.cpu_count() or 1
+        with _quiet():
+            self.llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=window, n_batch=window,
+                                       n_ubatch=window, logits_all=logits_all, n_threads=threads,
+                                       n_threads_batch=threads, verbose=False,
+                                       # float32 KV cache: llama.cpp's default f16 cache alone moves logits by ~1e-3
+                                       type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
+        self.window = window
+
+    def tokenize(self, text: str, *, add_bos: bool = True) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=False)
+
+    def logits(self, tokens) -> np.ndarray:
+        """(T, V) float32 logits of every position of one sequence (T <= window)."""
+        tokens = [int(t) for t in tokens]
+        if len(tokens) > self.window:
+            raise NanoError(f"sequence of {len(tokens)} tokens exceeds the llama.cpp window of {self.window}")
+        self.llm.reset()
+        self.llm.eval(tokens)
+        return np.array(self.llm.scores[: len(tokens)], dtype=np.float32)
+
+    def window_nll(self, tokens) -> np.ndarray:
+        """-log p(tokens[i+1] | tokens[:i+1]) for every position: (T-1,) float64."""
+        logits = self.logits(tokens)[:-1].astype(np.float64)
+        logits -= logits.max(-1, keepdims=True)
+        lse = np.log(np.exp(logits).sum(-1))
+        return lse - logits[np.arange(len(logits)), np.asarray(tokens[1:])]
+
+    def eval_only(self, tokens) -> None:
+        """Process a prompt (for timing); logits stay inside llama.cpp."""
+        self.llm.reset()
+        self.llm.eval([int(t) for t in tokens])
+
+    def greedy(self, prompt, n: int) -> list[int]:
+        """`n` greedy tokens after `prompt` (argmax of llama.cpp's own logits, KV cache reused)."""
+        self.llm.reset()
+        self.llm.eval([int(t) for t in prompt])
+        out = []
+        for _ in range(n):
+            nxt = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
+            out.append(nxt)
+            self.llm.eval([nxt])
+        return out
+
+
+@contextlib.contextmanager
+def _quiet():
+    """llama.cpp logs model loading to stderr from C; silence fd 2 while it loads."""
+    try:
+        fd = os.dup(2)
+    except OSError:
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(fd, 2)
+        os.close(fd)
+        os.close(devnull)

@@ -1,0 +1,199 @@
+"""Gemma 2 / Gemma 3 decoder-only transformer in flax.nnx, with a fixed-size KV cache.
+
+One code path serves training, scoring and decoding: `Transformer.__call__` takes a chunk of
+tokens starting at position `start`; with a cache it writes the chunk's keys/values into the
+cache at `start` and attends over the whole cache (prefill is a chunk of T, decode a chunk of 1).
+
+Weights are stored (in, out), norms as their full multiplier (Gemma's `1 + w`, as in GGUF).
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Array, Float, Int
+
+from nano.config import ModelConfig
+
+# One (k, v) pair per layer, each (B, kv_heads, S, head_dim): LiteRT-LM's layout.
+KVCache = list[tuple[Float[Array, "B K S H"], Float[Array, "B K S H"]]]
+
+_MASKED = -1e30  # finite, so a fully masked row can never produce NaN
+
+
+def init_cache(config: ModelConfig, *, batch: int = 1, length: int | None = None,
+               dtype=jnp.float32) -> KVCache:
+    shape = (batch, config.num_kv_heads, length or config.max_seq_len, config.head_dim)
+    return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(config.num_layers)]
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, *, eps: float, param_dtype=jnp.float32):
+        self.scale = nnx.Param(jnp.ones((dim,), param_dtype))
+        self.eps = eps
+
+    def __call__(self, x: Float[Array, "... D"]) -> Float[Array, "... D"]:
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+
+
+class Linear(nnx.Module):
+    def __init__(self, d_in: int, d_out: int, *, rngs: nnx.Rngs, dtype, param_dtype):
+        init = jax.nn.initializers.lecun_normal()
+        self.kernel = nnx.Param(init(rngs.params(), (d_in, d_out), param_dtype))
+        self.dtype = dtype
+
+    def __call__(self, x: Float[Array, "... I"]) -> Float[Array, "... O"]:
+        return x.astype(self.dtype) @ self.kernel[...].astype(self.dtype)
+
+
+def rope(x: Float[Array, "B T N H"], positions: Int[Array, "T"], base: float) -> Float[Array, "B T N H"]:
+    """Rotary embedding, half-split ("NeoX") layout as in Gemma and llama.cpp's gemma archs."""
+    half = x.shape[-1] // 2
+    inv_freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)  # (H/2,)
+    angles = positions.astype(jnp.float32)[:, None] * inv_freq  # (T, H/2)
+    cos, sin = jnp.cos(angles)[:, None, :], jnp.sin(angles)[:, None, :]  # (T, 1, H/2)
+    x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+def attention_mask(q_pos: Int[Array, "T"], k_pos: Int[Array, "S"], window: int | None) -> jax.Array:
+    """(T, S) boolean: causal, and within `window` tokens (query included) for local layers."""
+    diff = q_pos[:, None] - k_pos[None, :]
+    mask = diff >= 0
+    if window is not None:
+        mask &= diff < window
+    return mask
+
+
+class Attention(nnx.Module):
+    def __init__(self, config: ModelConfig, layer: int, *, rngs: nnx.Rngs, dtype, param_dtype):
+        c = config
+        lin = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.q = Linear(c.d_model, c.num_heads * c.head_dim, **lin)
+        self.k = Linear(c.d_model, c.num_kv_heads * c.head_dim, **lin)
+        self.v = Linear(c.d_model, c.num_kv_heads * c.head_dim, **lin)
+        self.o = Linear(c.num_heads * c.head_dim, c.d_model, **lin)
+        if c.qk_norm:
+            self.q_norm = RMSNorm(c.head_dim, eps=c.norm_eps, param_dtype=param_dtype)
+            self.k_norm = RMSNorm(c.head_dim, eps=c.norm_eps, param_dtype=param_dtype)
+        is_global = c.is_global(layer)
+        self.window = None if is_global else c.window
+        self.rope_base = c.rope_global_base if is_global else c.rope_local_base
+        self.config = c
+
+    def __call__(self, x: Float[Array, "B T D"], positions: Int[Array, "T"],
+                 cache: tuple[jax.Array, jax.Array] | None, start: Int[Array, ""]):
+        c = self.config
+        B, T, _ = x.shape
+        q = self.q(x).reshape(B, T, c.num_heads, c.head_dim)  # (B, T, N, H)
+        k = self.k(x).reshape(B, T, c.num_kv_heads, c.head_dim)  # (B, T, K, H)
+        v = self.v(x).reshape(B, T, c.num_kv_heads, c.head_dim)  # (B, T, K, H)
+        if c.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = rope(q, positions, self.rope_base) * jnp.asarray(c.attn_scale, q.dtype)
+        k = rope(k, positions, self.rope_base)
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # (B, K, T, H)
+        if cache is None:
+            k_pos = positions
+        else:
+            k = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, 0, start, 0))
+            v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, 0, start, 0))
+            cache = (k, v)
+            k_pos = jnp.arange(k.shape[2])
+        groups = c.num_heads // c.num_kv_heads
+        q = q.reshape(B, T, c.num_kv_heads, groups, c.head_dim)  # (B, T, K, G, H)
+        logits = jnp.einsum("btkgh,bksh->bkgts", q, k.astype(q.dtype),
+                            preferred_element_type=jnp.float32)  # (B, K, G, T, S)
+        if c.attn_softcap is not None:
+            logits = c.attn_softcap * jnp.tanh(logits / c.attn_softcap)
+        mask = attention_mask(positions, k_pos, self.window)
+        logits = jnp.where(mask, logits, _MASKED)
+        probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+        out = jnp.einsum("bkgts,bksh->btkgh", probs, v.astype(probs.dtype))  # (B, T, K, G, H)
+        return self.o(out.reshape(B, T, c.num_heads * c.head_dim)), cache
+
+
+class MLP(nnx.Module):
+    """GeGLU: down(gelu_tanh(gate(x)) * up(x))."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, dtype, param_dtype):
+        lin = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.gate = Linear(config.d_model, config.ffn_dim, **lin)
+        self.up = Linear(config.d_model, config.ffn_dim, **lin)
+        self.down = Linear(config.ffn_dim, config.d_model, **lin)
+
+    def __call__(self, x: Float[Array, "B T D"]) -> Float[Array, "B T D"]:
+        return self.down(jax.nn.gelu(self.gate(x), approximate=True) * self.up(x))
+
+
+class Block(nnx.Module):
+    """Pre- and post-norm around both attention and MLP (Gemma 2/3)."""
+
+    def __init__(self, config: ModelConfig, layer: int, *, rngs: nnx.Rngs, dtype, param_dtype):
+        norm = dict(eps=config.norm_eps, param_dtype=param_dtype)
+        self.pre_attn_norm = RMSNorm(config.d_model, **norm)
+        self.attn = Attention(config, layer, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.post_attn_norm = RMSNorm(config.d_model, **norm)
+        self.pre_mlp_norm = RMSNorm(config.d_model, **norm)
+        self.mlp = MLP(config, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.post_mlp_norm = RMSNorm(config.d_model, **norm)
+
+    def __call__(self, x, positions, cache, start):
+        h, cache = self.attn(self.pre_attn_norm(x), positions, cache, start)
+        x = x + self.post_attn_norm(h)
+        x = x + self.post_mlp_norm(self.mlp(self.pre_mlp_norm(x)))
+        return x, cache
+
+
+class Transformer(nnx.Module):
+    """`dtype` is the compute dtype (bf16 for training); params are kept in `param_dtype`."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, dtype=jnp.float32,
+                 param_dtype=jnp.float32):
+        c = config
+        self.config = c
+        self.dtype = dtype
+        # Tied input embedding / LM head; std 1/sqrt(d) so logits of a unit-RMS state are O(1).
+        embed_init = jax.nn.initializers.normal(stddev=c.d_model ** -0.5)
+        self.embed = nnx.Param(embed_init(rngs.params(), (c.vocab_size, c.d_model), param_dtype))
+        self.layers = nnx.List([Block(c, i, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+                                for i in range(c.num_layers)])
+        self.final_norm = RMSNorm(c.d_model, eps=c.norm_eps, param_dtype=param_dtype)
+
+    def hidden(self, tokens: Int[Array, "B T"], *, cache: KVCache | None = None,
+               start: Int[Array, ""] | int = 0) -> tuple[Float[Array, "B T D"], KVCache | None]:
+        """Final-normed hidden states; with `cache`, also the cache updated at [start, start+T)."""
+        start = jnp.asarray(start, jnp.int32)
+        positions = start + jnp.arange(tokens.shape[1], dtype=jnp.int32)
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(jnp.float32)
+        x = (x * math.sqrt(self.config.d_model)).astype(self.dtype)
+        new_cache = [] if cache is not None else None
+        for i, block in enumerate(self.layers):
+            x, layer_cache = block(x, positions, None if cache is None else cache[i], start)
+            if cache is not None:
+                new_cache.append(layer_cache)
+        return self.final_norm(x), new_cache
+
+    def logits(self, h: Float[Array, "B T D"]) -> Float[Array, "B T V"]:
+        """Tied LM head (+ Gemma 2's final soft-cap), in float32."""
+        out = jnp.einsum("btd,vd->btv", h, self.embed[...].astype(h.dtype),
+                         preferred_element_type=jnp.float32)
+        cap = self.config.final_softcap
+        return out if cap is None else cap * jnp.tanh(out / cap)
+
+    def __call__(self, tokens: Int[Array, "B T"], *, cache: KVCache | None = None,
+                 start: Int[Array, ""] | int = 0) -> tuple[Float[Array, "B T V"], KVCache | None]:
+        h, cache = self.hidden(tokens, cache=cache, start=start)
+        return self.logits(h), cache
+
+
+def abstract_model(config: ModelConfig, *, param_dtype=jnp.float32) -> Transformer:
+    """The model with ShapeDtypeStruct leaves: shapes without allocating (full-size presets)."""
+    return nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0), param_dtype=param_dtype))
+
+
+def param_count(model: Transformer) -> int:
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

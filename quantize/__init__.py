@@ -1,0 +1,1 @@
+"""Nano quantize: see the project's issues; the foundation (nano/) is what exists today."""

@@ -1,0 +1,88 @@
+"""The CLI end to end on a tiny checkpoint and tiny prepared text."""
+
+import json
+
+import numpy as np
+import pytest
+from flax import nnx
+from typer.testing import CliRunner
+
+from nano.checkpoint import save_checkpoint
+from nano.cli import app
+from nano.config import get_preset
+from nano.model import Transformer
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory, tiny_tokenizer):
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    return save_checkpoint(path, Transformer(get_preset("tiny"), rngs=nnx.Rngs(0)), tokenizer=tiny_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory, tiny_ckpt):
+    root = tmp_path_factory.mktemp("text")
+    for split in ("train", "held"):
+        (root / split).mkdir()
+        for i in range(4):
+            words = " ".join(f"the {split} cat number {i} sat on the mat {j} times." for j in range(20))
+            (root / split / f"doc{i}.txt").write_text(words)
+    out = root / "prepared"
+    result = runner.invoke(app, ["data", "prepare", "--tokenizer", str(tiny_ckpt), "--out", str(out),
+                                 "--train", f"folder:{root / 'train'}", "--heldout", f"folder:{root / 'held'}"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_presets_lists_every_preset():
+    result = runner.invoke(app, ["presets"])
+    assert result.exit_code == 0
+    for name in ("nano1", "nano2", "gemma3_270m", "tiny"):
+        assert name in result.output
+
+
+def test_eval_reports_table_and_json(tiny_ckpt, tiny_data, tmp_path):
+    out = tmp_path / "eval.json"
+    result = runner.invoke(app, ["eval", str(tiny_ckpt), "--data", str(tiny_data), "--window", "32",
+                                 "--windows", "3", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["windows"] == 3 and report["scored_tokens"] == 3 * 31
+    assert report["perplexity"] == pytest.approx(np.exp(report["mean_nll"]))
+    assert "perplexity" in result.output
+
+
+def test_generate_streams_text(tiny_ckpt):
+    result = runner.invoke(app, ["generate", str(tiny_ckpt), "--prompt", "the cat", "--max-tokens", "5"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("the cat")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["eval", "/nonexistent/ckpt"], "not a Nano checkpoint"),
+    (["generate", "/nonexistent/ckpt", "--prompt", "x"], "not a Nano checkpoint"),
+    (["convert", "/nonexistent.gguf", "--out", "/tmp/never"], "not found"),
+    (["data", "prepare", "--tokenizer", "/nonexistent/ckpt"], "not a Nano checkpoint"),
+])
+def test_errors_are_one_line(args, message):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert result.output.count("\n") == 1 and result.output.startswith("error: ") and message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_eval_refuses_data_from_another_tokenizer(tiny_ckpt, tiny_data, tmp_path, tiny_tokenizer):
+    import shutil
+
+    from tests.conftest import make_tiny_tokenizer
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_ckpt, other)
+    make_tiny_tokenizer(vocab_size=500).save(other / "tokenizer.model")
+    meta = json.loads((other / "meta.json").read_text())
+    meta["tokenizer_sha256"] = "0" * 64
+    (other / "meta.json").write_text(json.dumps(meta))
+    result = runner.invoke(app, ["eval", str(other), "--data", str(tiny_data)])
+    assert result.exit_code == 1 and "tokenizer" in result.output

@@ -1,0 +1,271 @@
+"""nano.data: markup cleaning, prepare() (dedup, shards, atomicity, resume), shard reading, eval windows."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nano.data import Source, TokenSplit, eval_windows, find_debian_docs, prepare
+from nano.data.clean import html_to_text, rst_to_text
+from nano.errors import NanoError
+
+
+class ByteTokenizer:
+    """UTF-8 bytes → ids 3..258; 0 pad, 1 EOS, 2 BOS."""
+
+    eos_id, bos_id, vocab_size = 1, 2, 259
+
+    def __init__(self, sha256: str = "fake-bytes-v1") -> None:
+        self.sha256 = sha256
+        self.batches = 0
+
+    def encode(self, text: str) -> list[int]:
+        return (np.frombuffer(text.encode(), dtype=np.uint8).astype(np.uint32) + 3).tolist()
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        self.batches += 1
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids) -> str:
+        return bytes(int(i) - 3 for i in ids).decode()
+
+
+# --- cleaning ---------------------------------------------------------------------------------
+
+
+def test_rst_directives_roles_code_and_comments():
+    src = """Title
+=====
+
+.. _label:
+
+.. function:: frob(x, *, y=None)
+   :noindex:
+
+   Frobnicate *x* with :func:`~pkg.mod.helper` and :class:`the base <pkg.Base>`,
+   see :pep:`8` and `docs <https://example.org>`_.  Use ``a|b``\\ s.
+
+   .. versionadded:: 3.9
+
+   Example::
+
+      >>> frob(1)
+      2
+
+.. note:: Really |version| **important**.
+
+.. index:: single: frob
+
+.. code-block:: python
+   :caption: demo
+
+   print("hi")
+
+.. This is a comment
+   spanning lines.
+
+Tail paragraph ::
+
+    literal *not* :func:`touched`
+
+
+
+"""
+    assert rst_to_text(src) == (
+        "Title\n\n"
+        "frob(x, *, y=None)\n\n"
+        "Frobnicate x with helper and the base,\nsee PEP 8 and docs.  Use a|bs.\n\n"
+        "Example:\n\n   >>> frob(1)\n   2\n\n"
+        "Really important.\n\n"
+        '    print("hi")\n\n'
+        "Tail paragraph\n\n    literal *not* :func:`touched`"
+    )
+
+
+def test_rst_literal_block_inside_list_item_ends_at_item_text():
+    src = "- Hash lists, e.g.::\n\n     d = {}\n\n  would raise :exc:`KeyError`.\n"
+    assert rst_to_text(src) == "- Hash lists, e.g.:\n\n     d = {}\n\n  would raise KeyError."
+
+
+def test_html_drops_menus_scripts_svg_and_keeps_text():
+    src = """<html><head><title>T</title><style>p{}</style></head><body>
+<div class="menu mainmenu"><ul><li><a href=x>Home</a></li></ul></div>
+<script>var x = 1;</script>
+<h1>Intro &amp; more</h1>
+<p>Some   <b>bold</b>
+text&nbsp;here.</p>
+<div class="imgcontainer"><div><svg><text>SELECT</text></svg></div></div>
+<svg><text>diagram</text></svg>
+<ul><li>one<li>two</ul>
+<div class="codeblock"><pre>
+SELECT *
+  FROM t;
+</pre></div>
+<p>2<sup>48</sup> bytes</p>
+<footer>page footer</footer>
+</body></html>"""
+    assert html_to_text(src) == "Intro & more\n\nSome bold text here.\n\n- one\n- two\n\nSELECT *\n  FROM t;\n\n2^48 bytes"
+
+
+# --- prepare ----------------------------------------------------------------------------------
+
+SHARED = "The shared paragraph appears in both splits and must be removed from the training split entirely."
+WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau upsilon"
+OTHER = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen"
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> dict[str, list[Source]]:
+    folder = tmp_path / "train_docs"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text(f"First training document. {WORDS}\n\n{SHARED}\n")
+    (folder / "sub" / "b.md").write_text(f"First   training document. {WORDS}\n\n{SHARED}")  # same after whitespace norm
+    (folder / "c.rst").write_text(f"Heading\n=======\n\nSecond document with :func:`role` text. {WORDS}\n")
+    (folder / "tiny.txt").write_text("too short to keep")
+    (folder / "ignored.bin").write_bytes(b"\x00\x01")
+    jsonl = tmp_path / "heldout.jsonl"
+    jsonl.write_text(
+        json.dumps({"text": f"Held-out one. {OTHER}\n\n{SHARED}"}) + "\n\n" + json.dumps({"text": f"Held-out two. {OTHER} end"}) + "\n"
+    )
+    return {"train": [Source.parse(f"folder:{folder}")], "heldout": [Source.parse(f"jsonl:{jsonl}")]}
+
+
+def test_prepare_folder_and_jsonl(tmp_path: Path, corpus):
+    tok = ByteTokenizer()
+    stages = []
+    out = tmp_path / "data"
+    m = prepare(out, tok, sources=corpus, progress=lambda s, d, t: stages.append(s))
+    assert tok.batches > 0 and any(s.startswith("tokenize") for s in stages)
+    train, held = m.splits["train"], m.splits["heldout"]
+    assert (train["documents"], held["documents"]) == (2, 2)
+    assert train["dedup"] == {
+        "tiny_documents_dropped": 1,
+        "duplicate_documents_dropped": 1,
+        "boilerplate_paragraphs_dropped": 0,
+        "paragraphs_dropped": 1,
+        "paragraph_bytes_dropped": len(SHARED),
+        "documents_emptied": 0,
+    }
+    assert train["sources"][0]["kind"] == "folder" and train["sources"][0]["documents"] == 2
+    assert m.tokenizer["sha256"] == "fake-bytes-v1" and train["tokenizer_sha256"] == "fake-bytes-v1"
+    assert m.overlap["heldout"]["in_train"] == 0  # the shared paragraph was the only overlap
+    assert json.loads((out / "manifest.json").read_text()) == m.to_dict()
+
+    ts = TokenSplit.open(out, "train")
+    docs = [tok.decode(ts.tokens[a : b - 1]) for a, b in zip(ts.doc_offsets[:-1], ts.doc_offsets[1:])]
+    assert docs == [f"First training document. {WORDS}", f"Heading\n\nSecond document with role text. {WORDS}"]
+    assert all(ts.tokens[b - 1] == tok.eos_id for b in ts.doc_offsets[1:])
+    assert ts.num_tokens == train["tokens"] == sum(len(d.encode()) + 1 for d in docs)
+    assert train["text_bytes"] == sum(len(d.encode()) for d in docs)
+    held_split = TokenSplit.open(out, "heldout")
+    assert tok.decode(held_split.tokens[: held_split.doc_offsets[1] - 1]) == f"Held-out one. {OTHER}\n\n{SHARED}"
+
+    # Re-running with the same tokenizer is a no-op that returns the stored manifest.
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    again = prepare(out, ByteTokenizer(), sources=corpus, progress=lambda *a: pytest.fail("should not run"))
+    assert again == m and {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+    with pytest.raises(NanoError, match="another tokenizer"):
+        prepare(out, ByteTokenizer("other"), sources=corpus)
+    assert prepare(out, ByteTokenizer("other"), sources=corpus, overwrite=True).tokenizer["sha256"] == "other"
+
+
+def test_prepare_small_shards_straddle_documents(tmp_path: Path, corpus):
+    m = prepare(tmp_path / "data", ByteTokenizer(), sources=corpus, shard_tokens=64)
+    ts = TokenSplit.open(tmp_path / "data", "train")
+    assert len(m.splits["train"]["shards"]) == -(-ts.num_tokens // 64) > 2
+    assert ts.doc_offsets[-1] == ts.num_tokens == m.splits["train"]["tokens"]
+    assert ts.tokens[ts.doc_offsets[1] - 1] == ByteTokenizer.eos_id
+
+
+def test_prepare_drops_boilerplate_paragraphs(tmp_path: Path):
+    footer = "See also the lists of objects, constants and functions."
+    jsonl = tmp_path / "docs.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": f"Document {i}: {WORDS}\n\n{footer}"}) + "\n" for i in range(12)))
+    m = prepare(tmp_path / "data", ByteTokenizer(), sources={"train": [f"jsonl:{jsonl}"]})
+    assert m.splits["train"]["dedup"]["boilerplate_paragraphs_dropped"] == 12 and m.splits["train"]["documents"] == 12
+    ts = TokenSplit.open(tmp_path / "data", "train")
+    assert ByteTokenizer().decode(ts.tokens[: ts.doc_offsets[1] - 1]) == f"Document 0: {WORDS}"
+
+
+def test_interrupted_prepare_leaves_nothing(tmp_path: Path, corpus):
+    def boom(stage, done, total):
+        if stage.startswith("tokenize"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        prepare(tmp_path / "data", ByteTokenizer(), sources=corpus, progress=boom)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["heldout.jsonl", "train_docs"]
+
+
+def test_prepare_errors(tmp_path: Path, corpus):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(NanoError, match=f"folder:{empty}"):
+        prepare(tmp_path / "out", ByteTokenizer(), sources={"train": [Source("folder", str(empty))]})
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"txt": 1}\n')
+    with pytest.raises(NanoError, match="bad.jsonl:2"):
+        prepare(tmp_path / "out", ByteTokenizer(), sources={"train": [f"jsonl:{bad}"]})
+    with pytest.raises(NanoError, match="expected one of"):
+        Source.parse("web:https://example.org")
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "occupied").mkdir()
+    (tmp_path / "occupied" / "keep.txt").write_text("x")
+    with pytest.raises(NanoError, match="not empty"):
+        prepare(tmp_path / "occupied", ByteTokenizer(), sources=corpus)
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+def test_token_split_errors(tmp_path: Path, corpus):
+    out = tmp_path / "data"
+    prepare(out, ByteTokenizer(), sources=corpus)
+    ts = TokenSplit.open(out, "train")
+    ts.check_tokenizer("fake-bytes-v1")
+    with pytest.raises(NanoError, match="tokenized with tokenizer fake-bytes-v1 but the model uses abc"):
+        ts.check_tokenizer("abc")
+    with pytest.raises(NanoError, match="no split 'valid'"):
+        TokenSplit.open(out, "valid")
+    (out / "train" / "tokens-00000.npy").write_bytes(b"garbage")
+    with pytest.raises(NanoError, match="tokens-00000.npy"):
+        TokenSplit.open(out, "train")
+    os.remove(out / "heldout" / "doc_offsets.npy")
+    with pytest.raises(NanoError, match="doc_offsets.npy: missing"):
+        TokenSplit.open(out, "heldout")
+    with pytest.raises(NanoError, match="manifest.json: missing"):
+        TokenSplit.open(tmp_path, "train")
+
+
+def test_eval_windows():
+    tokens = np.arange(10, 20, dtype=np.uint32)  # 10 tokens → three chunks of 3, one token left over
+    np.testing.assert_array_equal(
+        eval_windows(tokens, window=4, bos_id=2),
+        [[2, 10, 11, 12], [2, 13, 14, 15], [2, 16, 17, 18]],
+    )
+    np.testing.assert_array_equal(eval_windows(tokens, window=4, bos_id=2, max_windows=2), [[2, 10, 11, 12], [2, 16, 17, 18]])
+    np.testing.assert_array_equal(eval_windows(np.arange(30), window=3, bos_id=0, max_windows=3)[:, 1], [0, 14, 28])
+    assert eval_windows(tokens, window=12, bos_id=2).shape == (0, 12)
+    assert eval_windows(tokens, window=4, bos_id=2).dtype == np.int32
+
+
+# --- Debian (only where the docs are already on disk) -------------------------------------------
+
+
+@pytest.mark.skipif(
+    find_debian_docs("python3.11-doc") is None or find_debian_docs("sqlite3-doc") is None,
+    reason="python3.11-doc / sqlite3-doc not installed or cached",
+)
+def test_debian_docs(tmp_path: Path):
+    m = prepare(tmp_path / "data", ByteTokenizer())
+    train, held = m.splits["train"], m.splits["heldout"]
+    assert train["sources"][0]["package"] == "python3.11-doc" and train["sources"][0]["license"] == "PSF-2.0"
+    assert train["documents"] > 400 and held["documents"] > 500
+    assert train["text_bytes"] > 5_000_000 and held["text_bytes"] > 2_000_000
+    assert m.overlap["heldout"]["rate"] < 0.01
+    ts = TokenSplit.open(tmp_path / "data", "heldout")
+    text = ByteTokenizer().decode(ts.tokens[: ts.doc_offsets[1] - 1])
+    assert "<svg" not in text and "function toggle" not in text
