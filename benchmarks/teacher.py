@@ -1,12 +1,14 @@
-"""Teacher forward speed: Nano (JAX, float32) next to llama.cpp on the same machine, same run.
+"""The imported teacher next to llama.cpp, same machine, same run: held-out perplexity and
+forward speed.
 
-    .venv/bin/python -m benchmarks.teacher_forward [--windows 6] [--threads 2]
+    .venv/bin/python -m benchmarks.teacher [--windows 40] [--threads 2] [--json out.json]
 
-Two workloads over the same held-out windows of 512 tokens:
-  score    logits at every position (what perplexity and distillation need)
-  prefill  logits at the last position only (prompt processing)
+Over the same SQLite held-out windows of 512 tokens (BOS + 511 scored tokens):
+  perplexity  every token scored (Nano: `nano eval`'s chunked scorer; llama.cpp: its logits)
+  score       tokens/s with logits at every position (what perplexity and distillation need)
+  prefill     tokens/s with logits at the last position only (prompt processing), 4 windows
 llama.cpp runs the F32 re-export of our weights (same math) and the original Q4_K_M file.
-Reports medians and ratios, never a bare time alone; machine noise from /proc/pressure/cpu.
+Speeds are medians, printed as ratios to Nano; CPU pressure is printed before and after.
 """
 
 import argparse
@@ -42,7 +44,7 @@ def median_rate(fn, windows, repeats: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--windows", type=int, default=4)
+    ap.add_argument("--windows", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None)
@@ -52,6 +54,7 @@ def main() -> None:
     from nano.convert import assemble_packaged, resolve_teacher
     from nano.data.prepare import prepare_default
     from nano.data.shards import TokenSplit, eval_windows
+    from nano.eval import evaluate
     from nano.gguf_io import write_gguf
     from nano.llamacpp import LlamaCpp
     from nano.paths import cache_dir
@@ -73,26 +76,34 @@ def main() -> None:
         h, _ = m.hidden(t)
         return m.logits(h[:, -1:])
 
+    few = windows[:4]
     pressure_before = cpu_pressure()
     rows = {}
+    result = evaluate(model, windows)
     rows["nano jax f32"] = {
-        "score": median_rate(lambda w: score(model, jnp.asarray(w[None])).block_until_ready(), windows, args.repeats),
-        "prefill": median_rate(lambda w: prefill(model, jnp.asarray(w[None])).block_until_ready(), windows, args.repeats),
+        "perplexity": result.perplexity,
+        "score": median_rate(lambda w: score(model, jnp.asarray(w[None])).block_until_ready(), few, args.repeats),
+        "prefill": median_rate(lambda w: prefill(model, jnp.asarray(w[None])).block_until_ready(), few, args.repeats),
     }
     for name, path in (("llama.cpp f32", f32), ("llama.cpp q4_k_m", assemble_packaged("gemma3-270m"))):
         scorer = LlamaCpp(path, window=512, threads=args.threads)
-        rows[name] = {"score": median_rate(scorer.logits, windows, args.repeats)}
+        nll = [scorer.window_nll(w).mean() for w in windows]
+        rows[name] = {"perplexity": float(np.exp(np.mean(nll))),
+                      "score": median_rate(scorer.logits, few, args.repeats)}
         del scorer
         prompt = LlamaCpp(path, window=512, threads=args.threads, logits_all=False)
-        rows[name]["prefill"] = median_rate(prompt.eval_only, windows, args.repeats)
+        rows[name]["prefill"] = median_rate(prompt.eval_only, few, args.repeats)
         del prompt
 
     base = rows["nano jax f32"]
-    print(f"Gemma 3 270M forward, {len(windows)} held-out windows x 512 tokens, {args.repeats} repeats, "
-          f"jax {jax.__version__} on {jax.devices()[0].platform}; cpu pressure before: {pressure_before}; after: {cpu_pressure()}")
-    print(f"{'engine':<20}{'score tok/s':>14}{'prefill tok/s':>15}{'nano/this score':>17}{'nano/this prefill':>19}")
+    print(f"Gemma 3 270M, {len(windows)} SQLite held-out windows x 512 tokens ({len(windows) * 511:,} scored), "
+          f"speeds: median of {len(few)} windows x {args.repeats}; jax {jax.__version__} on {jax.devices()[0].platform}")
+    print(f"cpu pressure before: {pressure_before}; after: {cpu_pressure()}")
+    print(f"{'engine':<20}{'perplexity':>11}{'nano ppl/this':>15}{'score tok/s':>13}{'prefill tok/s':>15}"
+          f"{'nano/this score':>17}{'nano/this prefill':>19}")
     for name, r in rows.items():
-        print(f"{name:<20}{r['score']:>14.0f}{r['prefill']:>15.0f}{base['score'] / r['score']:>17.2f}{base['prefill'] / r['prefill']:>19.2f}")
+        print(f"{name:<20}{r['perplexity']:>11.3f}{base['perplexity'] / r['perplexity']:>15.4f}{r['score']:>13.0f}"
+              f"{r['prefill']:>15.0f}{base['score'] / r['score']:>17.2f}{base['prefill'] / r['prefill']:>19.2f}")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "windows": len(windows), "pressure": cpu_pressure()}, indent=2))
 
