@@ -1,6 +1,7 @@
 """`nano` command line: thin Typer commands over the library. Errors print one line, exit 1."""
 
 import contextlib
+import dataclasses
 import functools
 import json
 import sys
@@ -203,17 +204,92 @@ def generate(
     tok = load_tokenizer(path)
     model = load_checkpoint(path)
     sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    ids, text = [], ""
+    ids, text, stops = [], "", tok.stop_ids()
     console.print(prompt, end="", style="bold", highlight=False)
     for tid in run(model, tok.encode(prompt, add_bos=True), max_new_tokens=max_tokens,
-                   sampling=sampling, stop_ids=tok.stop_ids()):
-        if tid in tok.stop_ids():
+                   sampling=sampling, stop_ids=stops):
+        if tid in stops:
             break
         ids.append(tid)
         new = tok.decode(ids)
         console.print(new[len(text):], end="", highlight=False, markup=False)
         text = new
     console.print()
+
+
+distill_app = typer.Typer(no_args_is_help=False, invoke_without_command=True,
+                          help="Distill a student from a teacher's probabilities (see `nano distill --help`).")
+app.add_typer(distill_app, name="distill")
+
+
+@distill_app.callback()
+@_friendly
+def distill_cmd(
+    ctx: typer.Context,
+    out: Annotated[Optional[Path], typer.Option(help="Run directory (checkpoints, metrics, final student).")] = None,
+    teacher: Annotated[Optional[str], typer.Option(help="`gemma3-270m`, a checkpoint dir, a teacher cache (`nano distill cache-teacher`), or `none` for plain cross-entropy.")] = None,
+    student: Annotated[Optional[str], typer.Option(help="Student preset (see `nano presets`).")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Prepared data dir (default: the Debian docs for the teacher's tokenizer).")] = None,
+    tokens: Annotated[Optional[int], typer.Option(help="Training tokens.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="JSON file with any TrainConfig fields; options given here override it.")] = None,
+    seq_len: Annotated[Optional[int], typer.Option(help="Sequence length.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Sequences per optimizer step.")] = None,
+    grad_accum: Annotated[Optional[int], typer.Option(help="Micro-batches per step.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
+    loss: Annotated[Optional[str], typer.Option(help="forward_kl | reverse_kl | jsd.")] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="Distillation temperature.")] = None,
+    alpha: Annotated[Optional[float], typer.Option(help="Weight of hard-label cross-entropy.")] = None,
+    beta: Annotated[Optional[float], typer.Option(help="Generalized JSD beta.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed (init, data order).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+) -> None:
+    """Train a student on a teacher's probabilities; resumable (`--resume`) after any kill."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if out is None:
+        raise NanoError("missing --out: the run directory for checkpoints, metrics and the final student")
+    from distill.train import TrainConfig, start_run
+
+    overrides = dict(teacher=None if teacher == "none" else teacher, student=student, data=data, tokens=tokens,
+                     seq_len=seq_len, batch_size=batch_size, grad_accum=grad_accum, lr=lr, loss=loss,
+                     temperature=temperature, alpha=alpha, beta=beta, seed=seed)
+    if config is not None:
+        cfg = TrainConfig.from_file(config, **overrides)
+        if teacher == "none":
+            cfg = dataclasses.replace(cfg, teacher=None)
+    else:
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if teacher == "none":
+            given["teacher"] = None
+        cfg = TrainConfig(**given)
+    with err_console.status("checking the teacher, data and student; compiling"):
+        run = start_run(cfg, out, resume=resume)
+    with training_bar(cfg.steps) as report:
+        result = run.train(report)
+    table = Table("steps", "loss", "held-out ppl", "tokens/s", "student")
+    table.add_row(str(result["steps"]), f"{result.get('loss', float('nan')):.4f}",
+                  f"{result.get('heldout_ppl', float('nan')):.2f}", f"{result.get('tokens_per_s', 0):,.0f}",
+                  str(out / "student"))
+    console.print(table)
+
+
+@contextlib.contextmanager
+def training_bar(total: int):
+    cols = (TextColumn("step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    with Progress(*cols, console=err_console) as bar:
+        task = bar.add_task("train", total=total, info="")
+
+        def report(step: int, steps: int, m: dict[str, float]) -> None:
+            info = f"loss {m.get('loss', 0):.4f}"
+            if "kl" in m:
+                info += f" kl {m['kl']:.4f}"
+            info += f" {m.get('tokens_per_s', 0):,.0f} tok/s"
+            if "heldout_ppl" in m:
+                info += f" ppl {m['heldout_ppl']:.2f}"
+            bar.update(task, completed=step, total=steps, info=info)
+
+        yield report
 
 
 def main() -> None:  # pragma: no cover

@@ -93,3 +93,24 @@ def generate(model: Transformer, prompt: Sequence[int], *, max_new_tokens: int,
             return
         key, sub = jax.random.split(key)
         token, cache = _decode(model, token, cache, jnp.int32(n + i), sampling, sub)
+
+
+def sample_continuations(model: Transformer, prompts: Int[Array, "B P"], *, length: int,
+                         key: jax.Array, temperature: float = 1.0) -> Int[Array, "B P+L"]:
+    """Batched, fully jitted sampling (for on-policy distillation): prompts + `length` tokens."""
+    B, P = prompts.shape
+    cache = init_cache(model.config, batch=B, length=P + length, dtype=model.dtype)
+    h, cache = model.hidden(prompts, cache=cache, start=0)
+    s = Sampling(temperature=temperature)
+    keys = jax.random.split(key, length)
+    first = sample(model.logits(h[:, -1:])[:, 0], keys[0], s)
+
+    def step(carry, i):
+        token, cache = carry
+        logits, cache = model(token[:, None], cache=cache, start=P + i)
+        nxt = sample(logits[:, 0], keys[i + 1], s)
+        return (nxt, cache), token
+
+    (last, _), tokens = jax.lax.scan(step, (first, cache), jnp.arange(length - 1))
+    generated = jnp.concatenate([tokens.T, last[:, None]], axis=1)  # (B, L)
+    return jnp.concatenate([prompts, generated.astype(prompts.dtype)], axis=1)

@@ -85,7 +85,7 @@ def eval_windows(tokens: np.ndarray, *, window: int, bos_id: int, max_windows: i
     a trailing partial chunk is dropped.
     """
     if window < 2:
-        raise ValueError(f"window must be at least 2, got {window}")
+        raise NanoError(f"--window must be at least 2 (BOS + one scored token), got {window}")
     size = window - 1
     count = len(tokens) // size
     rows = np.arange(count, dtype=np.int64)

@@ -1,0 +1,441 @@
+"""The distillation training loop: AdamW (warmup + cosine), clipping, bf16 compute over float32
+master weights, gradient accumulation, a ('data', 'fsdp') mesh, orbax checkpoints and exact
+resume. Data order and randomness are pure functions of (seed, step), so a resumed run
+replays the uninterrupted one."""
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from distill.mesh import batch_sharding, make_mesh, replicated, tree_shardings
+from nano.checkpoint import load_checkpoint, load_meta, load_tokenizer, save_checkpoint, write_json
+from nano.config import get_preset
+from nano.errors import NanoError
+from nano.eval import chunked_nll, evaluate
+from nano.model import Transformer
+
+LOSSES = ("forward_kl", "reverse_kl", "jsd")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    student: str = "student_20m"  # preset name
+    teacher: str | None = "gemma3-270m"  # checkpoint dir or shortcut; None: cross-entropy on the data only
+    data: str | None = None  # prepared data dir; None: the default preparation for the tokenizer
+    tokens: int = 200_000  # training tokens (steps = tokens / (batch_size * seq_len))
+    seq_len: int = 256
+    batch_size: int = 8  # sequences per optimizer step, all micro-batches together
+    grad_accum: int = 1
+    lr: float = 3e-3
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    clip_norm: float = 1.0
+    loss: str = "forward_kl"
+    temperature: float = 1.0
+    beta: float = 0.5  # generalized JSD mixing
+    alpha: float = 0.0  # weight of hard-label cross-entropy mixed into the distillation loss
+    onpolicy: float = 0.0  # GKD's lambda: fraction of steps trained on student-sampled continuations
+    onpolicy_temperature: float = 1.0
+    compute_dtype: str = "bfloat16"
+    checkpoint_every: int = 25
+    eval_every: int = 25
+    eval_windows: int = 8  # held-out windows scored every eval_every steps (0: none)
+    eval_window: int = 512
+    seed: int = 0
+    mesh_data: int = 1
+    mesh_fsdp: int | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.loss not in LOSSES:
+            problems.append(f"loss {self.loss!r} (choose {', '.join(LOSSES)})")
+        if self.compute_dtype not in ("bfloat16", "float32"):
+            problems.append(f"compute_dtype {self.compute_dtype!r} (bfloat16 or float32)")
+        if self.batch_size % self.grad_accum:
+            problems.append(f"batch_size {self.batch_size} not divisible by grad_accum {self.grad_accum}")
+        if not 0 <= self.alpha <= 1 or not 0 <= self.beta <= 1:
+            problems.append("alpha and beta must lie in [0, 1]")
+        if not 0 <= self.onpolicy <= 1:
+            problems.append(f"onpolicy {self.onpolicy} (a fraction in [0, 1])")
+        if self.onpolicy and not self.teacher:
+            problems.append("onpolicy needs an online teacher (a checkpoint), which scores the student's samples")
+        if self.temperature <= 0 or self.lr <= 0 or self.seq_len < 2 or self.tokens <= 0:
+            problems.append("temperature, lr, tokens must be > 0 and seq_len >= 2")
+        if problems:
+            raise NanoError("distill config: invalid " + "; ".join(problems))
+
+    @property
+    def steps(self) -> int:
+        return max(1, self.tokens // (self.batch_size * self.seq_len))
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
+        """A JSON config file (reproducible runs); unknown keys are errors, not ignored."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise NanoError(f"{path}: config file not found") from None
+        except json.JSONDecodeError as e:
+            raise NanoError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise NanoError(f"{path}: unknown field(s) {unknown}; valid fields: {sorted(names)}")
+        return cls(**{**data, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def lr_schedule(cfg: TrainConfig) -> optax.Schedule:
+    warmup = min(cfg.warmup_steps, max(cfg.steps - 1, 0))
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=cfg.lr, warmup_steps=warmup,
+        decay_steps=max(cfg.steps, warmup + 1), end_value=cfg.lr * cfg.min_lr_ratio)
+
+
+def optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    # Decay matrices (kernels and the embedding), not norm gains (as in nanoGPT).
+    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim == 2, params)
+    return optax.chain(optax.clip_by_global_norm(cfg.clip_norm),
+                       optax.adamw(lr_schedule(cfg), b1=0.9, b2=0.95, weight_decay=cfg.weight_decay,
+                                   mask=decay_mask))
+
+
+def batch_rows(num_rows: int, step: int, batch: int, seed: int) -> np.ndarray:
+    """Row indices of optimizer step `step`: epochs of seeded permutations, a pure function."""
+    start = step * batch
+    out = []
+    while len(out) < batch:
+        epoch, offset = divmod(start + len(out), num_rows)
+        perm = np.random.default_rng([seed, epoch]).permutation(num_rows)
+        out.extend(perm[offset: offset + batch - len(out)].tolist())
+    return np.asarray(out, dtype=np.int64)
+
+
+def step_loss(student: Transformer, teacher: Transformer | None, inputs: jax.Array, labels: jax.Array,
+              mask: jax.Array, sparse, cfg: TrainConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Mean loss over positions selected by `mask` (B, T): position t of `inputs` predicts
+    `labels[:, t]`. The teacher signal is the online `teacher`, cached `sparse` targets
+    (ids, logprobs, weights), or neither (cross-entropy on the data)."""
+    from distill.losses import DenseTargets, SparseTargets, distill_loss
+
+    h, _ = student.hidden(inputs)
+    if teacher is not None:
+        targets = DenseTargets(jax.lax.stop_gradient(teacher.hidden(inputs)[0]), teacher.logits)
+    elif sparse is not None:
+        targets = SparseTargets(*sparse)
+    else:
+        ce = jnp.sum(chunked_nll(student, h, labels) * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+        return ce, {"ce": ce}
+    return distill_loss(student.logits, h, labels, targets, kind=cfg.loss, temperature=cfg.temperature,
+                        beta=cfg.beta, alpha=cfg.alpha, mask=mask)
+
+
+def is_onpolicy_step(cfg: TrainConfig, step: int) -> bool:
+    """A seeded coin per step, so a resumed run makes the same choices."""
+    return cfg.onpolicy > 0 and np.random.default_rng([cfg.seed, step, 1]).random() < cfg.onpolicy
+
+
+def make_train_step(cfg: TrainConfig, student_graphdef, teacher_graphdef, tx: optax.GradientTransformation):
+    """The pure step `(state, teacher_params, tokens) -> (state, metrics)`; the teacher's
+    weights are an argument (sharded like the student's), never a baked-in constant."""
+    micro = cfg.batch_size // cfg.grad_accum
+
+    def loss_fn(params, teacher_params, batch):
+        student = nnx.merge(student_graphdef, params)
+        teacher = None if teacher_graphdef is None else nnx.merge(teacher_graphdef, teacher_params)
+        return step_loss(student, teacher, batch["inputs"], batch["labels"], batch["mask"],
+                         batch.get("sparse"), cfg)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def train_step(state, teacher_params, batch):
+        # (B, ...) -> (A, B/A, ...): micro-batches scanned with summed gradients
+        micro_batches = jax.tree.map(lambda x: x.reshape(cfg.grad_accum, micro, *x.shape[1:]), batch)
+
+        def accumulate(carry, mb):
+            (loss, metrics), grads = grad_fn(state["params"], teacher_params, mb)
+            return jax.tree.map(jnp.add, carry, (loss, metrics, grads)), None
+
+        first = jax.tree.map(lambda x: x[0], micro_batches)
+        (l0, m0), g0 = jax.eval_shape(grad_fn, state["params"], teacher_params, first)
+        zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), (l0, m0, g0))
+        (loss, metrics, grads), _ = jax.lax.scan(accumulate, zeros, micro_batches)
+        loss, metrics, grads = jax.tree.map(lambda x: x / cfg.grad_accum, (loss, metrics, grads))
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
+        return {"params": params, "opt_state": opt_state}, metrics
+
+    return train_step
+
+
+def _dtype(cfg: TrainConfig):
+    return jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
+
+
+class Trainer:
+    """Owns the jitted step, the sharded state and the checkpoint manager of one run.
+
+    `rows` (N, seq_len) are the token rows to learn (labels); the model sees BOS + row[:-1].
+    The teacher signal is `teacher_ckpt` (online), `cache` (a TeacherCache), or neither."""
+
+    def __init__(self, cfg: TrainConfig, out: str | Path, *, teacher_ckpt: Path | None,
+                 rows: np.ndarray, eval_windows: np.ndarray | None, bos_id: int = 2, cache=None):
+        import orbax.checkpoint as ocp
+
+        from distill.teacher_cache import row_inputs
+
+        self.cfg, self.out, self.eval_windows, self.cache = cfg, Path(out), eval_windows, cache
+        self.labels, self.inputs = rows, row_inputs(rows, bos_id)
+        self.mesh = make_mesh(cfg.mesh_data, cfg.mesh_fsdp)
+        if cfg.batch_size % (self.mesh.size * cfg.grad_accum) and self.mesh.size > 1:
+            raise NanoError(f"batch_size {cfg.batch_size} must split over {self.mesh.size} devices x {cfg.grad_accum} micro-batches")
+        config = get_preset(cfg.student)
+        student = Transformer(config, rngs=nnx.Rngs(cfg.seed), dtype=_dtype(cfg))
+        self.graphdef, params = nnx.split(student, nnx.Param)
+        teacher_graphdef, teacher_params = None, {}
+        if teacher_ckpt is not None:
+            teacher = load_checkpoint(teacher_ckpt, dtype=_dtype(cfg))
+            if teacher.config.vocab_size != config.vocab_size:
+                raise NanoError(f"teacher {teacher_ckpt} has a {teacher.config.vocab_size:,}-token vocabulary but student preset {cfg.student!r} has {config.vocab_size:,}; pick a student with the teacher's vocabulary")
+            teacher_graphdef, teacher_params = nnx.split(teacher, nnx.Param)
+        if cache is not None and cache.manifest["vocab_size"] != config.vocab_size:
+            raise NanoError(f"{cache.path}: teacher cache has a {cache.manifest['vocab_size']:,}-token vocabulary but student preset {cfg.student!r} has {config.vocab_size:,}")
+        self.tx = optimizer(cfg)
+        state = {"params": params, "opt_state": self.tx.init(params)}
+        self.state_shardings = tree_shardings(state, self.mesh)
+        self.state = jax.device_put(state, self.state_shardings)
+        teacher_shardings = tree_shardings(teacher_params, self.mesh)
+        self.teacher_params = jax.device_put(teacher_params, teacher_shardings)
+        self.manager = ocp.CheckpointManager(
+            (self.out / "checkpoints").absolute(),
+            options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+        step = make_train_step(cfg, self.graphdef, teacher_graphdef, self.tx)
+        self._batch_sharding = batch_sharding(self.mesh)
+        self._step_fn = jax.jit(step, in_shardings=(self.state_shardings, teacher_shardings, self._batch_sharding),
+                                out_shardings=(self.state_shardings, replicated(self.mesh)), donate_argnums=(0,))
+        graphdef, prompt = self.graphdef, cfg.seq_len // 2
+
+        def sample_batch(params, inputs, key):
+            """Student continuations of the first half of each row: (B, T+1) tokens."""
+            from nano.generate import sample_continuations
+
+            return sample_continuations(nnx.merge(graphdef, params), inputs[:, :prompt],
+                                        length=cfg.seq_len - prompt + 1, key=key,
+                                        temperature=cfg.onpolicy_temperature)
+
+        self._sample_fn = jax.jit(sample_batch, out_shardings=self._batch_sharding)
+        # On-policy steps score only what the student wrote: positions prompt-1 onwards.
+        self._onpolicy_mask = (np.arange(cfg.seq_len) >= prompt - 1).astype(np.float32)
+
+    def batch(self, step: int) -> tuple[dict[str, Any], bool]:
+        """The batch of optimizer step `step` (a pure function of seed and step)."""
+        cfg = self.cfg
+        idx = batch_rows(len(self.labels), step, cfg.batch_size, cfg.seed)
+        put = lambda x: jax.device_put(x, self._batch_sharding)
+        batch = {"inputs": put(self.inputs[idx]), "labels": put(self.labels[idx].astype(np.int32)),
+                 "mask": put(np.ones((cfg.batch_size, cfg.seq_len), np.float32))}
+        if self.cache is not None:
+            t = self.cache.targets(idx)
+            batch["sparse"] = tuple(put(x) for x in (t.ids, t.logprobs, t.weights))
+        onpolicy = is_onpolicy_step(cfg, step)
+        if onpolicy:
+            key = jax.random.fold_in(jax.random.key(cfg.seed), step)
+            seq = self._sample_fn(self.state["params"], batch["inputs"], key)
+            batch["inputs"], batch["labels"] = seq[:, :-1], seq[:, 1:]
+            batch["mask"] = put(np.broadcast_to(self._onpolicy_mask, (cfg.batch_size, cfg.seq_len)).copy())
+        return batch, onpolicy
+
+    # ---- checkpoints ----------------------------------------------------------------------
+
+    def restore_latest(self) -> int:
+        """Restore the newest complete checkpoint; returns the next step to run (0 if none)."""
+        import orbax.checkpoint as ocp
+
+        step = self.manager.latest_step()
+        if step is None:
+            return 0
+        target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                              self.state, self.state_shardings)
+        self.state = self.manager.restore(step, args=ocp.args.StandardRestore(target))
+        return step
+
+    def save(self, step: int) -> None:
+        import orbax.checkpoint as ocp
+
+        self.manager.save(step, args=ocp.args.StandardSave(self.state), force=True)
+        self.manager.wait_until_finished()
+
+    def student(self) -> Transformer:
+        model = nnx.merge(self.graphdef, jax.device_get(self.state["params"]))
+        return model
+
+    # ---- the loop -----------------------------------------------------------------------------
+
+    def run(self, *, start: int = 0,
+            progress: Callable[[int, int, dict[str, float]], None] | None = None) -> dict[str, float]:
+        cfg = self.cfg
+        from tensorboardX import SummaryWriter
+
+        metrics_path = self.out / "metrics.jsonl"
+        _truncate_metrics(metrics_path, start)
+        board = SummaryWriter(str(self.out / "tensorboard"), purge_step=start + 1 if start else None)
+        last: dict[str, float] = {}
+        tokens_per_step = cfg.batch_size * cfg.seq_len
+        t0, timed = None, 0  # throughput excludes the first (compiling) step
+        for step in range(start, cfg.steps):
+            batch, onpolicy = self.batch(step)
+            self.state, metrics = self._step_fn(self.state, self.teacher_params, batch)
+            record = {"step": step + 1, "lr": float(lr_schedule(cfg)(step)), "onpolicy": onpolicy,
+                      **{k: float(v) for k, v in metrics.items()}}  # float() waits for the step
+            if t0 is None:
+                t0 = time.perf_counter()
+            else:
+                timed += 1
+                record["tokens_per_s"] = timed * tokens_per_step / (time.perf_counter() - t0)
+            if self.eval_windows is not None and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
+                record["heldout_ppl"] = evaluate(self.student_for_eval(), self.eval_windows).perplexity
+            _append_metrics(metrics_path, record)
+            for k, v in record.items():
+                if k != "step":
+                    board.add_scalar(k, float(v), step + 1)
+            last = record
+            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+                self.save(step + 1)
+            if progress:
+                progress(step + 1, cfg.steps, record)
+        board.close()
+        return last
+
+    def student_for_eval(self) -> Transformer:
+        model = self.student()
+        model.dtype = jnp.float32
+        for _, node in nnx.iter_graph(model):
+            if isinstance(node, nnx.Module) and hasattr(node, "dtype"):
+                node.dtype = jnp.float32
+        return model
+
+
+def _append_metrics(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+
+
+def _truncate_metrics(path: Path, keep_through: int) -> None:
+    """On resume, drop records past the restored step so the curve is never duplicated."""
+    if not path.is_file():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    kept = []
+    for ln in lines:
+        try:
+            if json.loads(ln)["step"] <= keep_through:
+                kept.append(ln)
+        except (json.JSONDecodeError, KeyError):
+            break  # a torn last line from a kill
+    from nano.atomic import atomic_file
+
+    with atomic_file(path, "w") as f:
+        f.write("".join(k + "\n" for k in kept))
+
+
+def _is_teacher_cache(path: str) -> bool:
+    from distill.teacher_cache import FORMAT, MANIFEST
+
+    try:
+        return json.loads((Path(path) / MANIFEST).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+@dataclasses.dataclass
+class Run:
+    """A validated, ready-to-train run: every check has passed before the first step."""
+
+    cfg: TrainConfig
+    out: Path
+    trainer: Trainer
+    start: int
+    tokenizer: Any
+
+    def train(self, progress: Callable[[int, int, dict[str, float]], None] | None = None) -> dict[str, Any]:
+        """Train to the end, then write `out/student` as a Nano checkpoint."""
+        last = self.trainer.run(start=self.start, progress=progress)
+        save_checkpoint(self.out / "student", self.trainer.student_for_eval(), tokenizer=self.tokenizer,
+                        overwrite=True, meta={"distilled_from": str(self.cfg.teacher),
+                                              "train_config": dataclasses.asdict(self.cfg)})
+        return {"steps": self.cfg.steps, "resumed_from": self.start, **last}
+
+
+def start_run(cfg: TrainConfig, out: str | Path, *, resume: bool = False) -> Run:
+    """Check everything (config, teacher, vocabularies, data) and build the trainer; nothing
+    is written to `out` until all checks pass."""
+    from nano.convert import resolve_teacher
+    from nano.data.prepare import prepare_default
+    from nano.data.shards import TokenSplit, eval_windows
+
+    out = Path(out)
+    cfg_path = out / "train_config.json"
+    if cfg_path.is_file():
+        if not resume:
+            raise NanoError(f"{out}: a run already lives here; pass --resume to continue it or choose another --out")
+        saved = json.loads(cfg_path.read_text())
+        if saved != dataclasses.asdict(cfg):
+            diff = sorted(k for k in saved if saved.get(k) != dataclasses.asdict(cfg).get(k))
+            raise NanoError(f"{cfg_path}: --resume with a different config (fields {diff}); resume with the same settings or choose another --out")
+    from distill.teacher_cache import TeacherCache, training_rows
+
+    cache = None
+    if cfg.teacher and _is_teacher_cache(cfg.teacher):
+        cache_meta = json.loads((Path(cfg.teacher) / "manifest.json").read_text())
+        if cfg.onpolicy:
+            raise NanoError(f"{cfg.teacher}: on-policy distillation needs a teacher checkpoint to score new samples, not a cache")
+        if cfg.seq_len != cache_meta["rows"]["seq_len"]:
+            raise NanoError(f"{cfg.teacher}: teacher cache rows are {cache_meta['rows']['seq_len']} tokens but --seq-len is {cfg.seq_len}; use the cache's length")
+        teacher_ckpt, tok_source = None, Path(cache_meta["teacher"]["checkpoint"])
+        if not tok_source.is_dir():
+            tok_source = resolve_teacher("gemma3-270m")
+        tokenizer = load_tokenizer(tok_source)
+        cache = TeacherCache.open(cfg.teacher, tokenizer_sha256=tokenizer.sha256)
+        data_dir = Path(cfg.data or cache_meta["data"]["dir"])
+    else:
+        teacher_ckpt = resolve_teacher(cfg.teacher) if cfg.teacher else None
+        tok_source = teacher_ckpt or resolve_teacher("gemma3-270m")
+        tokenizer = load_tokenizer(tok_source)
+        data_dir = Path(cfg.data) if cfg.data else prepare_default(tokenizer)
+    train = TokenSplit.open(data_dir, "train")
+    train.check_tokenizer(load_meta(tok_source).get("tokenizer_sha256", tokenizer.sha256))
+    rows = training_rows(train.tokens, cfg.seq_len)
+    if cache is not None:
+        cache.check_data(train.tokens)
+        rows = rows[: cache.num_rows]
+    if len(rows) < cfg.batch_size:
+        raise NanoError(f"{data_dir}: the train split has {len(rows)} rows of {cfg.seq_len} tokens, fewer than one batch of {cfg.batch_size}; add text or lower --batch-size/--seq-len")
+    heldout = TokenSplit.open(data_dir, "heldout")
+    windows = eval_windows(heldout.tokens, window=cfg.eval_window, bos_id=tokenizer.bos_id,
+                           max_windows=cfg.eval_windows) if cfg.eval_windows else None
+    if windows is not None and len(windows) == 0:
+        raise NanoError(f"{data_dir}: the heldout split is shorter than one {cfg.eval_window}-token window; add text, lower eval_window or set eval_windows to 0")
+    trainer = Trainer(cfg, out, teacher_ckpt=teacher_ckpt, rows=rows, eval_windows=windows,
+                      bos_id=tokenizer.bos_id, cache=cache)
+    write_json(cfg_path, dataclasses.asdict(cfg))
+    start = trainer.restore_latest() if resume else 0
+    return Run(cfg=cfg, out=out, trainer=trainer, start=start, tokenizer=tokenizer)
+
+
+def distill(cfg: TrainConfig, out: str | Path, *, resume: bool = False,
+            progress: Callable[[int, int, dict[str, float]], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) a distillation; writes `out/student` as a Nano checkpoint at the end."""
+    return start_run(cfg, out, resume=resume).train(progress)

@@ -1,0 +1,84 @@
+"""`nano distill` end to end on tiny models: SIGKILL mid-run, `--resume`, identical curve."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from flax import nnx
+from typer.testing import CliRunner
+
+from nano.checkpoint import load_checkpoint, save_checkpoint
+from nano.cli import app
+from nano.config import get_preset
+from nano.model import Transformer
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_tokenizer):
+    root = tmp_path_factory.mktemp("distill")
+    teacher = save_checkpoint(root / "teacher", Transformer(get_preset("tiny"), rngs=nnx.Rngs(5)), tokenizer=tiny_tokenizer)
+    for split in ("train", "held"):
+        (root / split).mkdir()
+        for i in range(6):
+            text = " ".join(f"the {split} rat number {i} ate the oat {j} at noon." for j in range(40))
+            (root / split / f"d{i}.txt").write_text(text)
+    data = root / "data"
+    result = CliRunner().invoke(app, ["data", "prepare", "--tokenizer", str(teacher), "--out", str(data),
+                                      "--train", f"folder:{root / 'train'}", "--heldout", f"folder:{root / 'held'}"])
+    assert result.exit_code == 0, result.output
+    config = root / "run.json"
+    config.write_text(json.dumps({"student": "tiny", "seq_len": 32, "batch_size": 4, "tokens": 4 * 32 * 8,
+                                  "checkpoint_every": 2, "eval_every": 4, "eval_windows": 2, "eval_window": 64}))
+    return root, teacher, data, config
+
+
+def _cmd(teacher, data, config, out, *extra):
+    return [sys.executable, "-m", "nano.cli", "distill", "--teacher", str(teacher), "--data", str(data),
+            "--config", str(config), "--out", str(out), *extra]
+
+
+def _curve(out):
+    return [(r["step"], r["loss"]) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_curve(setup):
+    root, teacher, data, config = setup
+    full = subprocess.run(_cmd(teacher, data, config, root / "full"), capture_output=True, text=True, timeout=600)
+    assert full.returncode == 0, full.stderr[-3000:]
+    student = load_checkpoint(root / "full" / "student")
+    assert student.config.name == "tiny" and (root / "full" / "student" / "tokenizer.model").is_file()
+
+    proc = subprocess.Popen(_cmd(teacher, data, config, root / "cut"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = root / "cut" / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (checkpoints.is_dir() and any(p.name.isdigit() and int(p.name) >= 4 for p in checkpoints.iterdir())):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    again = subprocess.run(_cmd(teacher, data, config, root / "cut"), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 1 and "pass --resume" in again.stderr
+    resumed = subprocess.run(_cmd(teacher, data, config, root / "cut", "--resume"), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _curve(root / "cut") == _curve(root / "full")
+
+
+def test_bad_inputs_fail_before_compute(setup, tmp_path):
+    root, teacher, data, config = setup
+    runner = CliRunner()
+    typo = tmp_path / "typo.json"
+    typo.write_text(json.dumps({"studnet": "tiny"}))
+    cases = [
+        (["--config", str(typo)], "unknown field(s) ['studnet']"),
+        (["--config", str(config), "--student", "student_20m"], "vocabulary"),
+        (["--config", str(config), "--data", str(tmp_path / "nothing")], "manifest.json: missing; run `nano data prepare"),
+        (["--config", str(config), "--loss", "kl"], "loss 'kl'"),
+    ]
+    for extra, message in cases:
+        args = ["distill", "--teacher", str(teacher), "--data", str(data), "--out", str(tmp_path / "o"), *extra]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1, (extra, result.output)
+        assert message in " ".join(result.output.split()), (extra, result.output)

@@ -1,0 +1,249 @@
+"""Teacher-target cache: target math, compressed format, resumable build, refusals."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from distill.targets import PAD_LOGPROB, Targets, chunked_targets, sampled_targets, topk_targets
+from distill.teacher_cache import (LOGPROB_STEP, MANIFEST, TeacherCache, build_cache, decode_targets,
+                                   encode_targets, row_inputs, teacher_fingerprint, teacher_targets,
+                                   training_rows)
+from distill.teacher_cache import _full_order
+from nano.checkpoint import load_checkpoint, save_checkpoint
+from nano.config import get_preset
+from nano.errors import NanoError
+from nano.model import Transformer
+
+SEQ, K, ROWS, PER = 32, 16, 20, 4  # tiny builds: 20 rows of 32 tokens, 5 shards of 4 rows
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    return x - np.logaddexp.reduce(x, axis=-1, keepdims=True)
+
+
+def by_id(ids: np.ndarray, *values: np.ndarray) -> list[np.ndarray]:
+    """Entries of each position sorted by id, so orders that differ only among ties compare."""
+    o = np.argsort(ids, axis=-1, kind="stable")
+    return [np.take_along_axis(a, o, -1) for a in (ids, *values)]
+
+
+# ---- target math ------------------------------------------------------------------------------
+
+def test_topk_matches_numpy():
+    logits = np.random.default_rng(0).normal(size=(2, 3, 50)).astype(np.float32) * 3
+    t = topk_targets(jnp.asarray(logits), 7)
+    ref = log_softmax(logits)
+    want = np.argsort(-logits, axis=-1)[..., :7]
+    np.testing.assert_array_equal(t.ids, want)
+    np.testing.assert_allclose(t.logprobs, np.take_along_axis(ref, want, -1), atol=1e-5)
+    np.testing.assert_allclose(t.lse, np.logaddexp.reduce(logits.astype(np.float64), -1), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(t.weights).sum(-1), 1, atol=1e-6)
+    assert np.all(np.diff(np.asarray(t.logprobs), axis=-1) <= 0)
+
+
+def _sample(logits, k, seed, rows, positions):
+    return jax.jit(sampled_targets, static_argnums=1)(jnp.asarray(logits), k, seed=seed,
+                                                      rows=jnp.asarray(rows), positions=jnp.asarray(positions))
+
+
+def test_sampled_weights_deterministic_and_independent_of_batching():
+    logits = np.random.default_rng(1).normal(size=(2, 6, 40)).astype(np.float32) * 2
+    logits[..., 5] = -1e30  # probability 0: must never be drawn
+    rows = np.array([7, 123_456])
+    a = _sample(logits, 8, 3, rows, np.arange(6))
+    w = np.asarray(a.weights)
+    np.testing.assert_allclose(w.sum(-1), 1, atol=1e-6)
+    assert np.all(np.isin(w * 8, np.arange(9)))  # count / k
+    assert not np.any((np.asarray(a.ids) == 5) & (w > 0))
+    pad = w == 0
+    assert np.all(np.asarray(a.ids)[pad] == 0) and np.all(np.asarray(a.logprobs)[pad] == PAD_LOGPROB)
+    ref = log_softmax(logits)
+    np.testing.assert_allclose(np.where(pad, 0, a.logprobs), np.where(pad, 0, np.take_along_axis(ref, np.asarray(a.ids), -1)), atol=1e-5)
+    for x, y in zip(a, _sample(logits, 8, 3, rows, np.arange(6))):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a.ids, _sample(logits, 8, 4, rows, np.arange(6)).ids)
+    # One row alone, positions 2..5 alone, and chunks of 4 vs 6 positions: the same draws.
+    alone = _sample(logits[1:, 2:], 8, 3, rows[1:], np.arange(2, 6))
+    np.testing.assert_array_equal(alone.ids, np.asarray(a.ids)[1:, 2:])
+    np.testing.assert_array_equal(alone.weights, np.asarray(a.weights)[1:, 2:])
+    chunked = chunked_targets(lambda h: h, jnp.asarray(logits), jnp.asarray(rows), k=8, scheme="sample", seed=3, chunk=4)
+    for x, y in zip(chunked, a):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_sampled_weights_are_unbiased():
+    logits = np.random.default_rng(2).normal(size=(1, 1, 12)).astype(np.float32) * 1.5
+    p = np.exp(log_softmax(logits))[0, 0]
+    seeds = jnp.arange(4000)
+    t = jax.jit(jax.vmap(lambda s: sampled_targets(jnp.asarray(logits), 8, seed=s, rows=jnp.zeros(1, jnp.int32),
+                                                   positions=jnp.zeros(1, jnp.int32))))(seeds)
+    ids, w = np.asarray(t.ids).reshape(len(seeds), 8), np.asarray(t.weights).reshape(len(seeds), 8)
+    mean = np.zeros(12)
+    np.add.at(mean, ids.ravel(), w.ravel())
+    mean /= len(seeds)
+    # One seed's estimate of p_i has std sqrt(p_i (1 - p_i) / 8); the mean of 4000 is within 5 sigma.
+    sigma = np.sqrt(p * (1 - p) / 8 / len(seeds))
+    assert np.all(np.abs(mean - p) <= 5 * sigma + 1e-4), (mean, p)
+
+
+# ---- compressed format ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("scheme", ["topk", "sample"])
+def test_codec_round_trip(scheme):
+    V, k = 512, 64
+    logits = jnp.asarray(np.random.default_rng(3).normal(size=(3, 40, V)).astype(np.float32) * 4)
+    t = topk_targets(logits, k) if scheme == "topk" else \
+        sampled_targets(logits, k, seed=0, rows=jnp.arange(3), positions=jnp.arange(40))
+    t = Targets(*(np.asarray(a) for a in t))
+    seen = np.random.default_rng(4).permutation(V)[:300].astype(np.uint32)
+    order, rank = _full_order(seen, V)
+    blob = encode_targets(t, scheme=scheme, rank=rank)
+    d = decode_targets(blob, scheme=scheme, order=order)
+    print(f"\n{scheme}: {len(blob) / 120:.1f} bytes/token at k={k}, V={V} (random logits)")
+    assert len(blob) / 120 < k * 2.5  # ~9 bits of id + ~8 bits of log-prob per entry, before xz
+    ids, lp, w = by_id(t.ids.reshape(-1, k), t.logprobs.reshape(-1, k), t.weights.reshape(-1, k))
+    did, dlp, dw = by_id(d.ids, d.logprobs, d.weights)
+    valid = lp > PAD_LOGPROB / 2
+    np.testing.assert_array_equal(did, ids)
+    assert np.abs(dlp - lp)[valid].max() <= LOGPROB_STEP / 2 + 1e-6
+    np.testing.assert_array_equal(dlp[~valid], np.float32(PAD_LOGPROB))
+    np.testing.assert_array_equal(d.lse, t.lse.reshape(-1))
+    if scheme == "sample":
+        np.testing.assert_array_equal(dw, w)
+    else:
+        np.testing.assert_allclose(dw, w, atol=LOGPROB_STEP)
+    # Canonical order: descending weight, then descending log-prob.
+    assert np.all(np.diff(d.weights, axis=-1) <= 0)
+
+
+# ---- build / read -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory, tiny_tokenizer):
+    root = tmp_path_factory.mktemp("tc")
+    save_checkpoint(root / "teacher", Transformer(get_preset("tiny"), rngs=nnx.Rngs(0)), tokenizer=tiny_tokenizer)
+    data = root / "data"
+    (data / "train").mkdir(parents=True)
+    # Zipf-ish synthetic stream, plus a partial row at the end that must be dropped.
+    stream = (np.random.default_rng(0).zipf(1.3, ROWS * SEQ + 7) % 508 + 4).astype(np.uint32)
+    np.save(data / "train" / "tokens-00000.npy", stream)
+    np.save(data / "train" / "doc_offsets.npy", np.array([0, len(stream)], np.int64))
+    (data / "manifest.json").write_text(json.dumps({
+        "tokenizer": {"sha256": tiny_tokenizer.sha256, "bos_id": tiny_tokenizer.bos_id},
+        "splits": {"train": {"shards": ["tokens-00000.npy"], "tokens": len(stream)}}}))
+    return root, data, stream
+
+
+def _build(root, out, scheme="topk", **kw):
+    return build_cache(root / "teacher", root / "data", out, seq_len=SEQ, k=K, scheme=scheme,
+                       rows_per_shard=PER, batch_size=3, **kw)
+
+
+def test_training_rows():
+    stream = np.arange(10, dtype=np.uint32)
+    rows = training_rows(stream, 4)
+    np.testing.assert_array_equal(rows, [[0, 1, 2, 3], [4, 5, 6, 7]])
+    assert np.shares_memory(rows, stream)
+    np.testing.assert_array_equal(row_inputs(rows, 2), [[2, 0, 1, 2], [2, 4, 5, 6]])
+
+
+@pytest.mark.parametrize("scheme", ["topk", "sample"])
+def test_cache_matches_teacher(tiny_setup, tiny_tokenizer, tmp_path, scheme):
+    root, _, stream = tiny_setup
+    manifest = _build(root, tmp_path / "c", scheme=scheme)
+    assert manifest["complete"] and manifest["rows"]["total"] == ROWS and len(manifest["shards"]) == 5
+    cache = TeacherCache.open(tmp_path / "c", tokenizer_sha256=tiny_tokenizer.sha256,
+                              teacher_fingerprint=teacher_fingerprint(root / "teacher"))
+    cache.check_data(stream)
+    pick = np.array([13, 0, 19, 5])
+    got = cache.targets(pick)
+    want = teacher_targets(load_checkpoint(root / "teacher"),
+                           jnp.asarray(row_inputs(training_rows(stream, SEQ)[pick], tiny_tokenizer.bos_id)),
+                           jnp.asarray(pick, jnp.int32), jnp.int32(0), k=K, scheme=scheme, chunk=8)
+    ids, lp, w = by_id(*(np.asarray(a) for a in want[:3]))
+    gid, glp, gw = by_id(*got[:3])
+    np.testing.assert_array_equal(gid, ids)
+    valid = w > 0
+    assert np.abs(glp - lp)[valid].max() <= LOGPROB_STEP / 2 + 1e-5
+    np.testing.assert_allclose(gw, w, atol=LOGPROB_STEP if scheme == "topk" else 0)
+    np.testing.assert_allclose(got.lse, want.lse, rtol=1e-6)
+    with pytest.raises(NanoError, match="data"):
+        cache.check_data(stream[::-1].copy())
+
+
+def test_resume_after_interruption(tiny_setup, tmp_path):
+    root = tiny_setup[0]
+    seen = []
+
+    def stop_after_two_shards(done, total):
+        seen.append(done)
+        if done >= 2 * PER:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _build(root, tmp_path / "a", progress=stop_after_two_shards)
+    manifest = json.loads((tmp_path / "a" / MANIFEST).read_text())
+    assert [e["rows"] for e in manifest["shards"]] == [[0, 4], [4, 8]] and not manifest["complete"]
+    (tmp_path / "a" / ".shard-00002.bin.abc123.tmp").write_bytes(b"left by a SIGKILL")
+    resumed = []
+    _build(root, tmp_path / "a", progress=lambda d, t: resumed.append(d))
+    assert resumed[0] == 2 * PER and resumed[-1] == ROWS  # started from the first missing shard
+    _build(root, tmp_path / "b")
+    files = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "b").iterdir())
+    assert not [f for f in files if f.endswith(".tmp")]
+    for name in files:
+        if name != MANIFEST:
+            assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    a, b = (json.loads((tmp_path / d / MANIFEST).read_text()) for d in "ab")
+    strip = lambda m: [{k: v for k, v in e.items() if k != "teacher_tokens_per_s"} for e in m["shards"]]  # noqa: E731
+    assert strip(a) == strip(b) and a["complete"]
+    with pytest.raises(NanoError, match="different targets"):
+        build_cache(root / "teacher", root / "data", tmp_path / "a", seq_len=SEQ, k=K + 1, rows_per_shard=PER)
+
+
+def test_refusals(tiny_setup, tiny_tokenizer, tmp_path):
+    root = tiny_setup[0]
+    _build(root, tmp_path / "c", max_rows=10)
+    sha = tiny_tokenizer.sha256
+    with pytest.raises(NanoError, match="tokenizer"):
+        TeacherCache.open(tmp_path / "c", tokenizer_sha256="0" * 64)
+    with pytest.raises(NanoError, match="teacher"):
+        TeacherCache.open(tmp_path / "c", tokenizer_sha256=sha, teacher_fingerprint="tiny/sha256:" + "0" * 64)
+    with pytest.raises(NanoError, match="manifest.json"):
+        TeacherCache.open(tmp_path / "nothing", tokenizer_sha256=sha)
+    cache = TeacherCache.open(tmp_path / "c", tokenizer_sha256=sha)
+    assert cache.num_rows == 10 and cache.shard_rows == [(0, 4), (4, 8), (8, 10)]
+    shard = tmp_path / "c" / "shard-00001.bin"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    shard.write_bytes(bytes(data))
+    cache.targets([0, 9])  # other shards still read
+    with pytest.raises(NanoError, match=r"shard-00001\.bin.*corrupt.*delete it.*cache-teacher"):
+        cache.targets([5])
+    shard.unlink()  # what the message says: delete it and re-run
+    _build(root, tmp_path / "c", max_rows=10)
+    assert TeacherCache.open(tmp_path / "c", tokenizer_sha256=sha).targets([5]).ids.shape == (1, SEQ, K)
+
+
+# ---- the real teacher -------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_real_teacher_bytes_per_token(teacher_ckpt, teacher_tokenizer, prepared_data, tmp_path):
+    """4 rows x 512 tokens of Python docs through Gemma 3 270M: <= 300 bytes/token at k=128."""
+    manifest = build_cache(teacher_ckpt, prepared_data, tmp_path / "c", max_rows=4, rows_per_shard=4, batch_size=2)
+    shard_bytes = sum(e["bytes"] for e in manifest["shards"])
+    per_token = shard_bytes / (4 * 512)
+    fixed = manifest["vocab_order"]["bytes"] + (tmp_path / "c" / MANIFEST).stat().st_size
+    print(f"\nk=128 top-k: {per_token:.1f} bytes/token in shards (+{fixed} bytes per cache), "
+          f"teacher {manifest['shards'][0]['teacher_tokens_per_s']} tokens/s")
+    assert per_token <= 300
+    cache = TeacherCache.open(tmp_path / "c", tokenizer_sha256=teacher_tokenizer.sha256)
+    t = cache.targets([3])
+    assert t.ids.shape == (1, 512, 128) and np.all(np.diff(t.logprobs, axis=-1) <= 0)
+    np.testing.assert_allclose(t.weights.sum(-1), 1, atol=1e-5)
