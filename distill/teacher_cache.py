@@ -25,6 +25,11 @@ blob (LZMA2, lc=lp=pb=0) per stream. Each stream is a uint32 array stored as byt
   count  sample count - 1 of each entry (`sample` only; exact)
   lse    float32 bits of the teacher's logsumexp per position
 Log-probs are the only lossy field: |error| <= LOGPROB_STEP / 2 = 1/64 nats.
+
+Measured on Gemma 3 270M over 16 rows x 512 tokens of the Python-docs split (one shard):
+top-k 125 / 243 / 471 bytes/token at k = 64 / 128 / 256, sampled k=128 76 bytes/token (28
+distinct ids per token); KL(renormalised top-k || dequantized) 2.4e-5 nats mean, 9.5e-5 max.
+Per cache add the vocabulary order (~46 KB here) and the manifest.
 """
 
 import functools
@@ -458,6 +463,15 @@ class TeacherCache:
         while len(self._decoded) > self._keep:
             self._decoded.popitem(last=False)
         return t
+
+    def verify(self) -> None:
+        """Check every shard's size and sha256 now (before training starts), not lazily."""
+        for entry in self.manifest["shards"]:
+            file = self.path / entry["file"]
+            if not file.is_file():
+                raise NanoError(f"{file}: teacher-cache shard missing; {REBUILD}")
+            if file.stat().st_size != entry["bytes"] or _sha256_file(file) != entry["sha256"]:
+                raise NanoError(f"{file}: teacher-cache shard is corrupt (sha256 mismatch); delete it and {REBUILD}")
 
     def targets(self, row_indices) -> Targets:
         """Leaves (R, seq_len, k) (lse: (R, seq_len)) for the given training-row indices."""

@@ -408,7 +408,11 @@ def start_run(cfg: TrainConfig, out: str | Path, *, resume: bool = False) -> Run
         if not tok_source.is_dir():
             tok_source = resolve_teacher("gemma3-270m")
         tokenizer = load_tokenizer(tok_source)
-        cache = TeacherCache.open(cfg.teacher, tokenizer_sha256=tokenizer.sha256)
+        # Batches draw rows from every shard: keep all decoded shards if they fit in ~2 GiB.
+        per_shard = cache_meta["rows"]["rows_per_shard"] * cfg.seq_len * cache_meta["targets"]["k"] * 12
+        cache = TeacherCache.open(cfg.teacher, tokenizer_sha256=tokenizer.sha256,
+                                  keep=max(2, (2 << 30) // max(per_shard, 1)))
+        cache.verify()
         data_dir = Path(cfg.data or cache_meta["data"]["dir"])
     else:
         teacher_ckpt = resolve_teacher(cfg.teacher) if cfg.teacher else None

@@ -273,6 +273,36 @@ def distill_cmd(
     console.print(table)
 
 
+@distill_app.command("cache-teacher")
+@_friendly
+def cache_teacher(
+    out: Annotated[Path, typer.Option(help="Cache directory (resumable: re-run to finish it).")],
+    teacher: Annotated[str, typer.Option(help="Teacher checkpoint or `gemma3-270m`.")] = "gemma3-270m",
+    data: Annotated[Optional[str], typer.Option(help="Prepared data dir (default: the Debian docs for the teacher's tokenizer).")] = None,
+    split: Annotated[str, typer.Option(help="Split to label.")] = "train",
+    seq_len: Annotated[int, typer.Option(help="Row length; train with the same --seq-len.")] = 512,
+    k: Annotated[int, typer.Option(help="Token ids stored per position.")] = 128,
+    scheme: Annotated[str, typer.Option(help="topk, or sample (Gemma 3: k draws from the teacher, unbiased).")] = "topk",
+    seed: Annotated[int, typer.Option(help="Sampling seed (scheme=sample).")] = 0,
+    rows: Annotated[Optional[int], typer.Option(help="Label only the first N rows (default: all).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Rows per teacher forward.")] = 4,
+) -> None:
+    """Run the teacher once over the data and store compressed per-token targets for reuse."""
+    from distill.teacher_cache import build_cache
+    from nano.checkpoint import load_tokenizer
+    from nano.data.prepare import prepare_default
+
+    ckpt = _checkpoint(teacher)
+    data_dir = Path(data) if data else prepare_default(load_tokenizer(ckpt))
+    with progress_bar() as report:
+        manifest = build_cache(ckpt, data_dir, out, split=split, seq_len=seq_len, k=k, scheme=scheme, seed=seed,
+                               max_rows=rows, batch_size=batch_size,
+                               progress=lambda d, t: report("teacher rows", d, t))
+    size = sum(e["bytes"] for e in manifest["shards"])
+    tokens = manifest["rows"]["total"] * manifest["rows"]["seq_len"]
+    console.print(f"wrote {out}: {tokens:,} tokens, k={k} {scheme}, {size / max(tokens, 1):.0f} bytes/token")
+
+
 @contextlib.contextmanager
 def training_bar(total: int):
     cols = (TextColumn("step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[info]}"),

@@ -82,3 +82,27 @@ def test_bad_inputs_fail_before_compute(setup, tmp_path):
         result = runner.invoke(app, args)
         assert result.exit_code == 1, (extra, result.output)
         assert message in " ".join(result.output.split()), (extra, result.output)
+
+
+def test_offline_cache_then_distill_from_it(setup, tmp_path):
+    root, teacher, data, config = setup
+    runner = CliRunner()
+    cache = tmp_path / "cache"
+    built = runner.invoke(app, ["distill", "cache-teacher", "--teacher", str(teacher), "--data", str(data),
+                                "--out", str(cache), "--seq-len", "32", "--k", "16", "--batch-size", "4"])
+    assert built.exit_code == 0, built.output
+    assert "bytes/token" in built.output
+    base = ["distill", "--teacher", str(cache), "--config", str(config)]
+    result = runner.invoke(app, [*base, "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    losses = [r["loss"] for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())]
+    assert len(losses) == 8 and all(l == l for l in losses)  # finite, no NaN
+    wrong_len = runner.invoke(app, [*base, "--seq-len", "64", "--out", str(tmp_path / "r2")])
+    assert wrong_len.exit_code == 1 and "--seq-len" in wrong_len.output
+    shard = sorted(cache.glob("shard-*"))[0]
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    corrupt = runner.invoke(app, [*base, "--out", str(tmp_path / "r3")])
+    assert corrupt.exit_code == 1 and shard.name in corrupt.output and "corrupt" in corrupt.output
+    assert not (tmp_path / "r3" / "train_config.json").exists()  # refused before any training
