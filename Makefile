@@ -10,6 +10,8 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 export CMAKE_ARGS ?= -DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' -DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
+DEMO_TOKENS ?= 16384# about 4 minutes of training on 2 cores; benchmarks/distill_vs_ce.py trains longer
+
 .PHONY: demo test venv clean
 
 venv: $(STAMP)
@@ -26,6 +28,10 @@ demo: $(STAMP)
 	$(BIN)/nano data prepare --tokenizer runs/gemma3-270m
 	$(BIN)/nano eval runs/gemma3-270m --data held-out --json runs/gemma3-270m-heldout.json
 	$(BIN)/nano generate runs/gemma3-270m --prompt "SQLite is" --max-tokens 48
+	$(BIN)/nano distill --teacher runs/gemma3-270m --student student_20m --tokens $(DEMO_TOKENS) \
+	    --out runs/distill-student_20m --resume
+	$(BIN)/nano eval runs/distill-student_20m/student --data held-out --json runs/distill-student_20m-heldout.json
+	$(BIN)/nano generate runs/distill-student_20m/student --prompt "SQLite is" --max-tokens 32
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

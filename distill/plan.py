@@ -54,12 +54,15 @@ def plan_step(cfg: TrainConfig, *, teacher_config: ModelConfig | None) -> StepPl
                                                      param_dtype=jnp.bfloat16))
         teacher_graphdef, teacher_params = nnx.split(teacher, nnx.Param)
     teacher_sh = tree_shardings(teacher_params, mesh)
-    tokens = jax.ShapeDtypeStruct((cfg.batch_size, cfg.seq_len), jnp.int32, sharding=batch_sharding(mesh))
+    shape, bs = (cfg.batch_size, cfg.seq_len), batch_sharding(mesh)
+    batch = {"inputs": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=bs),
+             "labels": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=bs),
+             "mask": jax.ShapeDtypeStruct(shape, jnp.float32, sharding=bs)}
     step = make_train_step(cfg, graphdef, teacher_graphdef, tx)
     jitted = jax.jit(step, in_shardings=(state_sh, teacher_sh, batch_sharding(mesh)),
                      out_shardings=(state_sh, replicated(mesh)), donate_argnums=(0,))
     t = time.perf_counter()
-    compiled = jitted.lower(_abstract(state, state_sh), _abstract(teacher_params, teacher_sh), tokens).compile()
+    compiled = jitted.lower(_abstract(state, state_sh), _abstract(teacher_params, teacher_sh), batch).compile()
     seconds = time.perf_counter() - t
     mem = compiled.memory_analysis()
     count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))

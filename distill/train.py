@@ -5,7 +5,6 @@ replays the uninterrupted one."""
 
 import dataclasses
 import json
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +21,7 @@ from nano.checkpoint import load_checkpoint, load_meta, load_tokenizer, save_che
 from nano.config import get_preset
 from nano.errors import NanoError
 from nano.eval import chunked_nll, evaluate
-from nano.model import Transformer
+from nano.model import Transformer, set_compute_dtype
 
 LOSSES = ("forward_kl", "reverse_kl", "jsd")
 
@@ -277,10 +276,6 @@ class Trainer:
         self.manager.save(step, args=ocp.args.StandardSave(self.state), force=True)
         self.manager.wait_until_finished()
 
-    def student(self) -> Transformer:
-        model = nnx.merge(self.graphdef, jax.device_get(self.state["params"]))
-        return model
-
     # ---- the loop -----------------------------------------------------------------------------
 
     def run(self, *, start: int = 0,
@@ -319,12 +314,8 @@ class Trainer:
         return last
 
     def student_for_eval(self) -> Transformer:
-        model = self.student()
-        model.dtype = jnp.float32
-        for _, node in nnx.iter_graph(model):
-            if isinstance(node, nnx.Module) and hasattr(node, "dtype"):
-                node.dtype = jnp.float32
-        return model
+        """The current student on the host, computing in float32."""
+        return set_compute_dtype(nnx.merge(self.graphdef, jax.device_get(self.state["params"])), jnp.float32)
 
 
 def _append_metrics(path: Path, record: dict) -> None:

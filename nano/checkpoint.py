@@ -21,7 +21,7 @@ from nano import __version__
 from nano.atomic import atomic_dir, atomic_file
 from nano.config import ModelConfig
 from nano.errors import NanoError
-from nano.model import Transformer, abstract_model
+from nano.model import Transformer, abstract_model, set_compute_dtype
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -64,16 +64,7 @@ def model_from_flat(config: ModelConfig, flat: Mapping[str, np.ndarray], *, sour
             raise NanoError(f"{source}: tensor {name!r} has shape {tuple(arr.shape)}, model {config.name!r} expects {tuple(leaf.shape)}")
         arr = jnp.asarray(arr, dtype=param_dtype) if param_dtype is not None else jnp.asarray(arr)
         leaves.append((path, leaf.replace(arr) if hasattr(leaf, "replace") else arr))
-    model = nnx.merge(graphdef, nnx.from_flat_state(leaves))
-    _set_compute_dtype(model, dtype)
-    return model
-
-
-def _set_compute_dtype(model: Transformer, dtype) -> None:
-    model.dtype = dtype
-    for _, node in nnx.iter_graph(model):
-        if isinstance(node, nnx.Module) and hasattr(node, "dtype") and not isinstance(node, Transformer):
-            node.dtype = dtype
+    return set_compute_dtype(nnx.merge(graphdef, nnx.from_flat_state(leaves)), dtype)
 
 
 def save_checkpoint(out: str | Path, model: Transformer, *, tokenizer=None,

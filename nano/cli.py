@@ -262,7 +262,7 @@ def distill_cmd(
         if teacher == "none":
             given["teacher"] = None
         cfg = TrainConfig(**given)
-    with err_console.status("checking the teacher, data and student; compiling"):
+    with err_console.status("checking the teacher, data and student"):
         run = start_run(cfg, out, resume=resume)
     with training_bar(cfg.steps) as report:
         result = run.train(report)

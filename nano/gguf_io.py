@@ -196,23 +196,7 @@ def write_gguf(path: str | Path, params: dict[str, np.ndarray], config: ModelCon
     try:
         w = gguf.GGUFWriter(tmp, arch=arch)
         w.add_name(name)
-        w.add_context_length(config.max_seq_len)
-        w.add_embedding_length(config.d_model)
-        w.add_block_count(config.num_layers)
-        w.add_feed_forward_length(config.ffn_dim)
-        w.add_head_count(config.num_heads)
-        w.add_head_count_kv(config.num_kv_heads)
-        w.add_key_length(config.head_dim)
-        w.add_value_length(config.head_dim)
-        w.add_layer_norm_rms_eps(config.norm_eps)
-        w.add_rope_freq_base(config.rope_global_base)
-        w.add_sliding_window(config.window)
-        if arch == "gemma3":
-            w.add_rope_freq_base_swa(config.rope_local_base)
-        if config.attn_softcap:
-            w.add_attn_logit_softcapping(config.attn_softcap)
-        if config.final_softcap:
-            w.add_final_logit_softcapping(config.final_softcap)
+        add_model_metadata(w, config)
         tokenizer.write_gguf(w)
         w.add_file_type(_FILE_TYPES[weight_type])
         for gname, (nname, transpose) in gguf_name_map(config).items():
@@ -234,6 +218,27 @@ def write_gguf(path: str | Path, params: dict[str, np.ndarray], config: ModelCon
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def add_model_metadata(w, config: ModelConfig) -> None:
+    """The `{arch}.*` hyper-parameters llama.cpp reads (keys prefixed by the writer's arch)."""
+    w.add_context_length(config.max_seq_len)
+    w.add_embedding_length(config.d_model)
+    w.add_block_count(config.num_layers)
+    w.add_feed_forward_length(config.ffn_dim)
+    w.add_head_count(config.num_heads)
+    w.add_head_count_kv(config.num_kv_heads)
+    w.add_key_length(config.head_dim)
+    w.add_value_length(config.head_dim)
+    w.add_layer_norm_rms_eps(config.norm_eps)
+    w.add_rope_freq_base(config.rope_global_base)
+    w.add_sliding_window(config.window)
+    if config.family == "gemma3":
+        w.add_rope_freq_base_swa(config.rope_local_base)
+    if config.attn_softcap:
+        w.add_attn_logit_softcapping(config.attn_softcap)
+    if config.final_softcap:
+        w.add_final_logit_softcapping(config.final_softcap)
 
 
 _FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "q5_0": 8, "q5_1": 9, "bf16": 32}

@@ -190,6 +190,14 @@ class Transformer(nnx.Module):
         return self.logits(h), cache
 
 
+def set_compute_dtype(model: Transformer, dtype) -> Transformer:
+    """Switch the compute dtype of every module in place (parameters keep theirs)."""
+    for _, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.Module) and hasattr(node, "dtype"):
+            node.dtype = dtype
+    return model
+
+
 def abstract_model(config: ModelConfig, *, param_dtype=jnp.float32) -> Transformer:
     """The model with ShapeDtypeStruct leaves: shapes without allocating (full-size presets)."""
     return nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0), param_dtype=param_dtype))

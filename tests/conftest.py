@@ -77,3 +77,21 @@ def make_tiny_tokenizer(vocab_size: int = 512):
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return make_tiny_tokenizer()
+
+
+def prepare_tiny_text(root: Path, tokenizer_ckpt: Path, *, docs: int, sentences: int) -> Path:
+    """Tiny train/held-out folders of English-like text, prepared through the CLI."""
+    from typer.testing import CliRunner
+
+    from nano.cli import app
+
+    for split in ("train", "held"):
+        (root / split).mkdir(parents=True)
+        for i in range(docs):
+            text = " ".join(f"the {split} rat number {i} ate the oat {j} at noon." for j in range(sentences))
+            (root / split / f"d{i}.txt").write_text(text)
+    out = root / "prepared"
+    result = CliRunner().invoke(app, ["data", "prepare", "--tokenizer", str(tokenizer_ckpt), "--out", str(out),
+                                      "--train", f"folder:{root / 'train'}", "--heldout", f"folder:{root / 'held'}"])
+    assert result.exit_code == 0, result.output
+    return out

@@ -11,6 +11,7 @@ from nano.checkpoint import save_checkpoint
 from nano.cli import app
 from nano.config import get_preset
 from nano.model import Transformer
+from tests.conftest import prepare_tiny_text
 
 runner = CliRunner()
 
@@ -23,17 +24,7 @@ def tiny_ckpt(tmp_path_factory, tiny_tokenizer):
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory, tiny_ckpt):
-    root = tmp_path_factory.mktemp("text")
-    for split in ("train", "held"):
-        (root / split).mkdir()
-        for i in range(4):
-            words = " ".join(f"the {split} cat number {i} sat on the mat {j} times." for j in range(20))
-            (root / split / f"doc{i}.txt").write_text(words)
-    out = root / "prepared"
-    result = runner.invoke(app, ["data", "prepare", "--tokenizer", str(tiny_ckpt), "--out", str(out),
-                                 "--train", f"folder:{root / 'train'}", "--heldout", f"folder:{root / 'held'}"])
-    assert result.exit_code == 0, result.output
-    return out
+    return prepare_tiny_text(tmp_path_factory.mktemp("text"), tiny_ckpt, docs=4, sentences=20)
 
 
 def test_presets_lists_every_preset():

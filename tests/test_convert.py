@@ -14,7 +14,7 @@ from nano.cli import app
 from nano.config import get_preset
 from nano.convert import convert, write_hf_safetensors
 from nano.errors import NanoError
-from nano.gguf_io import gguf_name_map, read_gguf, write_gguf
+from nano.gguf_io import add_model_metadata, gguf_name_map, read_gguf, write_gguf
 from nano.model import Transformer
 
 TINY = get_preset("tiny")
@@ -129,13 +129,7 @@ def _write_raw_gguf(path: Path, arch: str, config, tensors: dict, tok_fields: di
     import gguf
 
     w = gguf.GGUFWriter(path, arch=arch)
-    w.add_embedding_length(config.d_model)
-    w.add_block_count(config.num_layers)
-    w.add_feed_forward_length(config.ffn_dim)
-    w.add_head_count(config.num_heads)
-    w.add_head_count_kv(config.num_kv_heads)
-    w.add_key_length(config.head_dim)
-    w.add_sliding_window(config.window)
+    add_model_metadata(w, config)
     for k, v in tok_fields.items():
         if k == "tokenizer.ggml.tokens":
             w.add_token_list(v)

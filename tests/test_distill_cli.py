@@ -15,21 +15,14 @@ from nano.checkpoint import load_checkpoint, save_checkpoint
 from nano.cli import app
 from nano.config import get_preset
 from nano.model import Transformer
+from tests.conftest import prepare_tiny_text
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_tokenizer):
     root = tmp_path_factory.mktemp("distill")
     teacher = save_checkpoint(root / "teacher", Transformer(get_preset("tiny"), rngs=nnx.Rngs(5)), tokenizer=tiny_tokenizer)
-    for split in ("train", "held"):
-        (root / split).mkdir()
-        for i in range(6):
-            text = " ".join(f"the {split} rat number {i} ate the oat {j} at noon." for j in range(40))
-            (root / split / f"d{i}.txt").write_text(text)
-    data = root / "data"
-    result = CliRunner().invoke(app, ["data", "prepare", "--tokenizer", str(teacher), "--out", str(data),
-                                      "--train", f"folder:{root / 'train'}", "--heldout", f"folder:{root / 'held'}"])
-    assert result.exit_code == 0, result.output
+    data = prepare_tiny_text(root / "text", teacher, docs=6, sentences=40)
     config = root / "run.json"
     config.write_text(json.dumps({"student": "tiny", "seq_len": 32, "batch_size": 4, "tokens": 4 * 32 * 8,
                                   "checkpoint_every": 2, "eval_every": 4, "eval_windows": 2, "eval_window": 64}))
@@ -76,6 +69,7 @@ def test_bad_inputs_fail_before_compute(setup, tmp_path):
         (["--config", str(config), "--student", "student_20m"], "vocabulary"),
         (["--config", str(config), "--data", str(tmp_path / "nothing")], "manifest.json: missing; run `nano data prepare"),
         (["--config", str(config), "--loss", "kl"], "loss 'kl'"),
+        (["--config", str(config), "--batch-size", "4096"], "fewer than one batch of 4096"),
     ]
     for extra, message in cases:
         args = ["distill", "--teacher", str(teacher), "--data", str(data), "--out", str(tmp_path / "o"), *extra]

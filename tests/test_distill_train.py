@@ -127,3 +127,26 @@ def test_onpolicy_steps_train_on_student_samples(tmp_path, tiny_teacher):
     assert (tmp_path / "gkd" / "tensorboard").is_dir()
     with pytest.raises(NanoError, match="onpolicy needs an online teacher"):
         TrainConfig(teacher=None, onpolicy=0.5)
+
+
+PLAN = textwrap.dedent("""
+    import json
+    from distill.plan import plan_step
+    from distill.train import TrainConfig
+    from nano.config import get_preset
+    cfg = TrainConfig(student="tiny", teacher="x", tokens=10**6, seq_len=64, batch_size=8, mesh_data=2, mesh_fsdp=4)
+    print(json.dumps(plan_step(cfg, teacher_config=get_preset("tiny")).as_dict()))
+""")
+
+
+def test_step_plan_compiles_sharded_without_allocating():
+    """The machinery behind benchmarks/nano1_plan.py, on the tiny preset and 8 host devices."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", PLAN], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    plan = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert plan["devices"] == 8 and plan["mesh"] == {"data": 2, "fsdp": 4}
+    assert plan["student_params"] == 255_744
+    # parameters + AdamW moments in float32, split 4 ways by fsdp (small tensors replicated)
+    assert plan["per_device_argument_bytes"] < plan["state_bytes"] / 2
+    assert plan["per_device_peak_bytes"] > 0
