@@ -288,17 +288,16 @@ class Trainer:
         board = SummaryWriter(str(self.out / "tensorboard"), purge_step=start + 1 if start else None)
         last: dict[str, float] = {}
         tokens_per_step = cfg.batch_size * cfg.seq_len
-        t0, timed = None, 0  # throughput excludes the first (compiling) step
+        timed, seconds = 0, 0.0  # training throughput: no compiling first step, no eval/checkpoints
         for step in range(start, cfg.steps):
+            t = time.perf_counter()
             batch, onpolicy = self.batch(step)
             self.state, metrics = self._step_fn(self.state, self.teacher_params, batch)
             record = {"step": step + 1, "lr": float(lr_schedule(cfg)(step)), "onpolicy": onpolicy,
                       **{k: float(v) for k, v in metrics.items()}}  # float() waits for the step
-            if t0 is None:
-                t0 = time.perf_counter()
-            else:
-                timed += 1
-                record["tokens_per_s"] = timed * tokens_per_step / (time.perf_counter() - t0)
+            if step > start:
+                timed, seconds = timed + 1, seconds + time.perf_counter() - t
+                record["tokens_per_s"] = timed * tokens_per_step / seconds
             if self.eval_windows is not None and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
                 record["heldout_ppl"] = evaluate(self.student_for_eval(), self.eval_windows).perplexity
             _append_metrics(metrics_path, record)
