@@ -1,1 +1,1 @@
-"""Nano distill: see the project's issues; the foundation (nano/) is what exists today."""
+"""Knowledge distillation: losses, teacher targets and their cache, the training loop."""

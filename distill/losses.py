@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
+from nano.chunks import merge_positions, split_positions
 from nano.errors import NanoError
 
 Kind = Literal["forward_kl", "reverse_kl", "jsd"]
@@ -116,8 +117,8 @@ def distill_loss(student_logits_fn: LogitsFn, h_s: Float[Array, "B T D"],
 
     # checkpoint: the backward pass recomputes each chunk's logits rather than saving C of them.
     body = jax.checkpoint(lambda args: terms(*args))
-    per_chunk = jax.lax.map(body, tuple(_split(x, c) for x in xs))  # each (C, B, c)
-    per_pos = {k: v.swapaxes(0, 1).reshape(B, -1)[:, :T] for k, v in per_chunk.items()}  # (B, T)
+    per_chunk = jax.lax.map(body, tuple(split_positions(x, c) for x in xs))  # each (C, B, c)
+    per_pos = {k: merge_positions(v, T) for k, v in per_chunk.items()}  # (B, T)
 
     n = jnp.sum(m)
     n = jnp.where(n > 0, n, 1.0)  # an all-masked batch gives 0, not NaN
@@ -206,13 +207,6 @@ def _log_normalize(x: Float[Array, "... k"], valid: Bool[Array, "... k"]) -> Flo
 def _gather(x: Float[Array, "B c V"], idx: Int[Array, "B c"]) -> Float[Array, "B c"]:
     # clip: masked-out positions may carry ignore-index labels such as -100
     return jnp.take_along_axis(x, idx[..., None], axis=-1, mode="clip")[..., 0]
-
-
-def _split(x: Array, c: int) -> Array:
-    """(B, T, ...) -> (C, B, c, ...), zero-padded to a multiple of c (padding is masked out)."""
-    pad = -x.shape[1] % c
-    x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
-    return x.reshape(x.shape[0], -1, c, *x.shape[2:]).swapaxes(0, 1)  # (C, B, c, ...)
 
 
 def _concrete(x) -> float | None:

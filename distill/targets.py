@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
+from nano.chunks import merge_positions, split_positions
+
 PAD_LOGPROB = -1e30  # log-prob of padding slots: finite, so 0 * PAD_LOGPROB stays 0
 SCHEMES = ("topk", "sample")
 
@@ -95,10 +97,8 @@ def chunked_targets(logits_fn: Callable[[Float[Array, "B c D"]], Float[Array, "B
     """Targets for every position of `h`, `chunk` positions at a time (logits (B, chunk, V))."""
     if scheme not in SCHEMES:
         raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
-    B, T, D = h.shape
-    pad = -T % chunk
-    hc = jnp.pad(h, ((0, 0), (0, pad), (0, 0))).reshape(B, -1, chunk, D).swapaxes(0, 1)  # (C, B, chunk, D)
-    pos = jnp.arange(T + pad, dtype=jnp.int32).reshape(-1, chunk)  # (C, chunk)
+    T = h.shape[1]
+    pos = jnp.arange(T + -T % chunk, dtype=jnp.int32).reshape(-1, chunk)  # (C, chunk)
 
     def one(args):
         hx, px = args
@@ -107,5 +107,5 @@ def chunked_targets(logits_fn: Callable[[Float[Array, "B c D"]], Float[Array, "B
             return topk_targets(logits, k)
         return sampled_targets(logits, k, seed=seed, rows=rows, positions=px)
 
-    out = jax.lax.map(one, (hc, pos))  # leaves (C, B, chunk, ...)
-    return jax.tree.map(lambda a: a.swapaxes(0, 1).reshape(B, T + pad, *a.shape[3:])[:, :T], out)
+    out = jax.lax.map(one, (split_positions(h, chunk), pos))  # leaves (C, B, chunk, ...)
+    return jax.tree.map(lambda a: merge_positions(a, T), out)

@@ -80,7 +80,7 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
-        """A JSON config file (reproducible runs); unknown keys are errors, not ignored."""
+        """A JSON config file (reproducible runs), then `overrides`; unknown keys are errors."""
         path = Path(path)
         try:
             data = json.loads(path.read_text())
@@ -92,7 +92,7 @@ class TrainConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise NanoError(f"{path}: unknown field(s) {unknown}; valid fields: {sorted(names)}")
-        return cls(**{**data, **{k: v for k, v in overrides.items() if v is not None}})
+        return cls(**{**data, **overrides})
 
 
 def lr_schedule(cfg: TrainConfig) -> optax.Schedule:
@@ -287,13 +287,13 @@ class Trainer:
         _truncate_metrics(metrics_path, start)
         board = SummaryWriter(str(self.out / "tensorboard"), purge_step=start + 1 if start else None)
         last: dict[str, float] = {}
-        tokens_per_step = cfg.batch_size * cfg.seq_len
+        tokens_per_step, schedule = cfg.batch_size * cfg.seq_len, lr_schedule(cfg)
         timed, seconds = 0, 0.0  # training throughput: no compiling first step, no eval/checkpoints
         for step in range(start, cfg.steps):
             t = time.perf_counter()
             batch, onpolicy = self.batch(step)
             self.state, metrics = self._step_fn(self.state, self.teacher_params, batch)
-            record = {"step": step + 1, "lr": float(lr_schedule(cfg)(step)), "onpolicy": onpolicy,
+            record = {"step": step + 1, "lr": float(schedule(step)), "onpolicy": onpolicy,
                       **{k: float(v) for k, v in metrics.items()}}  # float() waits for the step
             if step > start:
                 timed, seconds = timed + 1, seconds + time.perf_counter() - t
@@ -341,13 +341,15 @@ def _truncate_metrics(path: Path, keep_through: int) -> None:
         f.write("".join(k + "\n" for k in kept))
 
 
-def _is_teacher_cache(path: str) -> bool:
+def _teacher_cache_manifest(path: str) -> dict[str, Any] | None:
+    """The manifest if `path` is a teacher cache, else None (a checkpoint or a shortcut)."""
     from distill.teacher_cache import FORMAT, MANIFEST
 
     try:
-        return json.loads((Path(path) / MANIFEST).read_text()).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
+        manifest = json.loads((Path(path) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
 
 
 @dataclasses.dataclass
@@ -381,15 +383,15 @@ def start_run(cfg: TrainConfig, out: str | Path, *, resume: bool = False) -> Run
     if cfg_path.is_file():
         if not resume:
             raise NanoError(f"{out}: a run already lives here; pass --resume to continue it or choose another --out")
-        saved = json.loads(cfg_path.read_text())
-        if saved != dataclasses.asdict(cfg):
-            diff = sorted(k for k in saved if saved.get(k) != dataclasses.asdict(cfg).get(k))
+        saved, current = json.loads(cfg_path.read_text()), dataclasses.asdict(cfg)
+        if saved != current:
+            diff = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
             raise NanoError(f"{cfg_path}: --resume with a different config (fields {diff}); resume with the same settings or choose another --out")
     from distill.teacher_cache import TeacherCache, training_rows
 
     cache = None
-    if cfg.teacher and _is_teacher_cache(cfg.teacher):
-        cache_meta = json.loads((Path(cfg.teacher) / "manifest.json").read_text())
+    cache_meta = _teacher_cache_manifest(cfg.teacher) if cfg.teacher else None
+    if cache_meta is not None:
         if cfg.onpolicy:
             raise NanoError(f"{cfg.teacher}: on-policy distillation needs a teacher checkpoint to score new samples, not a cache")
         if cfg.seq_len != cache_meta["rows"]["seq_len"]:
@@ -428,8 +430,3 @@ def start_run(cfg: TrainConfig, out: str | Path, *, resume: bool = False) -> Run
     start = trainer.restore_latest() if resume else 0
     return Run(cfg=cfg, out=out, trainer=trainer, start=start, tokenizer=tokenizer)
 
-
-def distill(cfg: TrainConfig, out: str | Path, *, resume: bool = False,
-            progress: Callable[[int, int, dict[str, float]], None] | None = None) -> dict[str, Any]:
-    """Run (or resume) a distillation; writes `out/student` as a Nano checkpoint at the end."""
-    return start_run(cfg, out, resume=resume).train(progress)

@@ -1,7 +1,6 @@
 """`nano` command line: thin Typer commands over the library. Errors print one line, exit 1."""
 
 import contextlib
-import dataclasses
 import functools
 import json
 import sys
@@ -250,18 +249,13 @@ def distill_cmd(
         raise NanoError("missing --out: the run directory for checkpoints, metrics and the final student")
     from distill.train import TrainConfig, start_run
 
-    overrides = dict(teacher=None if teacher == "none" else teacher, student=student, data=data, tokens=tokens,
-                     seq_len=seq_len, batch_size=batch_size, grad_accum=grad_accum, lr=lr, loss=loss,
-                     temperature=temperature, alpha=alpha, beta=beta, seed=seed)
-    if config is not None:
-        cfg = TrainConfig.from_file(config, **overrides)
-        if teacher == "none":
-            cfg = dataclasses.replace(cfg, teacher=None)
-    else:
-        given = {k: v for k, v in overrides.items() if v is not None}
-        if teacher == "none":
-            given["teacher"] = None
-        cfg = TrainConfig(**given)
+    options = dict(teacher=teacher, student=student, data=data, tokens=tokens, seq_len=seq_len,
+                   batch_size=batch_size, grad_accum=grad_accum, lr=lr, loss=loss, temperature=temperature,
+                   alpha=alpha, beta=beta, seed=seed)
+    given = {k: v for k, v in options.items() if v is not None}  # what the command line sets
+    if teacher == "none":
+        given["teacher"] = None
+    cfg = TrainConfig.from_file(config, **given) if config is not None else TrainConfig(**given)
     with err_console.status("checking the teacher, data and student"):
         run = start_run(cfg, out, resume=resume)
     with training_bar(cfg.steps) as report:

@@ -12,25 +12,21 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
+from nano.chunks import merge_positions, split_positions
 from nano.model import Transformer
 
 
 def chunked_nll(model: Transformer, h: Float[Array, "B T D"], targets: Int[Array, "B T"],
                 *, chunk: int = 128) -> Float[Array, "B T"]:
     """-log p(target) at every position, computing logits `chunk` positions at a time."""
-    B, T, D = h.shape
-    pad = -T % chunk
-    h = jnp.pad(h, ((0, 0), (0, pad), (0, 0))).reshape(B, -1, chunk, D).swapaxes(0, 1)  # (C, B, chunk, D)
-    t = jnp.pad(targets, ((0, 0), (0, pad))).reshape(B, -1, chunk).swapaxes(0, 1)  # (C, B, chunk)
-
     def one(args):
         hc, tc = args
         logits = model.logits(hc)  # (B, chunk, V) float32
         target = jnp.take_along_axis(logits, tc[..., None], axis=-1)[..., 0]
         return jax.nn.logsumexp(logits, axis=-1) - target
 
-    nll = jax.lax.map(one, (h, t))  # (C, B, chunk)
-    return nll.swapaxes(0, 1).reshape(B, -1)[:, :T]
+    nll = jax.lax.map(one, (split_positions(h, chunk), split_positions(targets, chunk)))  # (C, B, chunk)
+    return merge_positions(nll, h.shape[1])
 
 
 @nnx.jit

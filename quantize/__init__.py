@@ -1,1 +1,1 @@
-"""Nano quantize: see the project's issues; the foundation (nano/) is what exists today."""
+"""4-bit weight quantization: the pure math (RTN, MSE clipping, GPTQ, AWQ) and int4 packing."""
