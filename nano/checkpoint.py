@@ -27,6 +27,7 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 META = "meta.json"
 TOKENIZER = "tokenizer.model"
+QUANT = "quantization.json"  # present in quantized checkpoints (nano/qcheckpoint.py)
 
 
 def _key(path: tuple) -> str:
@@ -100,8 +101,14 @@ def load_meta(ckpt: str | Path) -> dict[str, Any]:
 
 
 def load_checkpoint(ckpt: str | Path, *, dtype=jnp.float32, param_dtype=None) -> Transformer:
+    """The model of a checkpoint; a quantized one (`nano quantize`) comes back dequantized."""
     config = load_config(ckpt)
     path = Path(ckpt) / WEIGHTS
+    if (Path(ckpt) / QUANT).is_file():
+        from nano.qcheckpoint import dequantized_params
+
+        return model_from_flat(config, dequantized_params(ckpt), source=str(path), dtype=dtype,
+                               param_dtype=param_dtype)
     if not path.is_file():
         raise NanoError(f"{ckpt}: missing {WEIGHTS}; the checkpoint is incomplete, re-run the command that wrote it")
     try:

@@ -216,6 +216,143 @@ def generate(
     console.print()
 
 
+@app.command()
+@_friendly
+def quantize(
+    ckpt: Annotated[str, typer.Argument(help="Float checkpoint directory or `gemma3-270m` (never modified).")],
+    out: Annotated[Path, typer.Option(help="Output directory for the quantized checkpoint.")],
+    method: Annotated[Optional[str], typer.Option(help="gptq | awq | mse | rtn (default gptq, or the recipe's).")] = None,
+    bits: Annotated[Optional[int], typer.Option(help="4 or 8 (default 4).")] = None,
+    group: Annotated[Optional[int], typer.Option(help="Weights per scale along the input (32/64/128); 0 = per channel.")] = None,
+    asymmetric: Annotated[bool, typer.Option(help="Zero points (asymmetric) instead of symmetric codes.")] = False,
+    embed: Annotated[Optional[str], typer.Option(help="Tied embedding / LM head: int8 (default), int4 or float.")] = None,
+    recipe: Annotated[Optional[Path], typer.Option(help="JSON recipe with per-tensor overrides (see quantize/recipe.py); options here override it.")] = None,
+    calib: Annotated[Optional[str], typer.Option(help="Calibration text: a prepared data dir (train split), a text file, a folder, or a .jsonl (default: the prepared Python docs).")] = None,
+    calib_rows: Annotated[int, typer.Option(help="Calibration rows.")] = 128,
+    calib_len: Annotated[int, typer.Option(help="Tokens per calibration row.")] = 512,
+    eval_windows: Annotated[int, typer.Option(help="Held-out windows (x512) scored before and after; 0 = skip.")] = 16,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
+) -> None:
+    """Quantize a float checkpoint to int4/int8 (GPTQ, AWQ, MSE clipping or round-to-nearest)."""
+    from nano.checkpoint import expected_shapes, load_config, load_tokenizer
+    from nano.data.prepare import prepare_default
+    from nano.data.shards import TokenSplit, eval_windows as windows_of
+    from quantize.recipe import Recipe
+    from quantize.run import quantize_checkpoint
+
+    path = _checkpoint(ckpt)
+    given = {k: v for k, v in dict(method=method, bits=bits).items() if v is not None}
+    if group is not None:
+        given["group"] = None if group == 0 else group
+    if asymmetric:
+        given["symmetric"] = False
+    rec = Recipe.from_file(recipe, **given) if recipe is not None else Recipe.from_dict(given, source="options")
+    if embed is not None:
+        specs = {"int8": {"method": "rtn", "bits": 8, "group": None},
+                 "int4": {"method": "mse", "bits": 4, "group": rec.default.group or 32}, "float": None}
+        if embed not in specs:
+            raise NanoError(f"--embed {embed!r}: use int8, int4 or float")
+        import dataclasses
+
+        rec = dataclasses.replace(rec, overrides=(*rec.overrides, ("embed", specs[embed])))
+    tok = load_tokenizer(path)
+    needs_calib = rec.needs_calibration(expected_shapes(load_config(path)))
+    data_dir = None
+    if (calib is None and needs_calib) or eval_windows:  # the default Debian-docs preparation
+        with progress_bar() as report:
+            data_dir = prepare_default(tok, progress=report)
+    wins = None
+    if eval_windows:
+        held = TokenSplit.open(data_dir, "heldout")
+        wins = windows_of(held.tokens, window=512, bos_id=tok.bos_id, max_windows=eval_windows)
+    with progress_bar() as report:
+        summary = quantize_checkpoint(path, out, recipe=rec, calib=calib or data_dir, calib_rows=calib_rows,
+                                      calib_len=calib_len, eval_windows=wins, overwrite=overwrite,
+                                      progress=report)
+    _print_quant_report(summary)
+    console.print(f"wrote {out}")
+
+
+def _print_quant_report(summary: dict) -> None:
+    table = Table("tensor", "method", "bits/weight", "weight rel err", "output rel err")
+    for name, row in summary["report"].items():
+        out_err = row["output_rel_err"]
+        table.add_row(name, row["method"], f"{row['bits_per_weight']:.3f}", f"{row['weight_rel_err']:.4f}",
+                      "-" if out_err is None else f"{out_err:.5f}")
+    console.print(table)
+    t = summary["totals"]
+    total = Table("params", "size", "float32 size", "bits/weight (all)", "bits/weight (linear)", "seconds",
+                  "held-out ppl float", "quantized", "change")
+    held = t["heldout"] or {}
+    total.add_row(f"{t['params'] / 1e6:,.1f}M", f"{t['bytes'] / 2**20:,.1f} MiB", f"{t['float32_bytes'] / 2**20:,.1f} MiB",
+                  f"{t['bits_per_weight']:.3f}", f"{t['linear_bits_per_weight']:.3f}", f"{t['quantize_seconds']:.1f}",
+                  f"{held['ppl_float']:.3f}" if held else "-", f"{held['ppl_quantized']:.3f}" if held else "-",
+                  f"{100 * held['ppl_change']:+.2f}%" if held else "-")
+    console.print(total)
+
+
+@app.command("export")
+@_friendly
+def export_cmd(
+    ckpt: Annotated[str, typer.Argument(help="Float or quantized (`nano quantize`) checkpoint directory.")],
+    out: Annotated[Path, typer.Option(help="Output .tflite file (the .litertlm goes beside it).")],
+    litertlm: Annotated[bool, typer.Option("--litertlm", help="Also bundle the .tflite, tokenizer and metadata into a .litertlm for LiteRT-LM.")] = False,
+    seq_len: Annotated[Optional[int], typer.Option(help="KV-cache length (default min(max_seq_len, 1024)).")] = None,
+    prefill_len: Annotated[Optional[int], typer.Option(help="Tokens per prefill call (default 128).")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help="LiteRT-LM max tokens (default seq_len).")] = None,
+) -> None:
+    """Export to LiteRT: one .tflite with `prefill` and `decode` signatures (our int4 codes inside)."""
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    from export.checkpoint import export_checkpoint
+
+    with progress_bar() as report:
+        summary = export_checkpoint(_checkpoint(ckpt), out, seq_len=seq_len, prefill_len=prefill_len,
+                                    litertlm=litertlm, max_tokens=max_tokens, progress=report)
+    table = Table("file", "size", "seq_len", "prefill_len", "quantized tensors", "seconds")
+    table.add_row(summary["tflite"], f"{summary['tflite_bytes'] / 2**20:,.1f} MiB", str(summary["seq_len"]),
+                  str(summary["prefill_len"]), str(summary["quantized_tensors"]), f"{summary['seconds']:.1f}")
+    if summary.get("litertlm"):
+        table.add_row(summary["litertlm"], f"{summary['litertlm_bytes'] / 2**20:,.1f} MiB", "", "", "", "")
+    console.print(table)
+
+
+@app.command()
+@_friendly
+def bench(
+    model: Annotated[Path, typer.Argument(help="An exported .tflite (its .litertlm beside it is run too) or a .litertlm.")],
+    gguf: Annotated[Optional[Path], typer.Option(help="llama.cpp comparator: a GGUF of the same weights, timed in the same run.")] = None,
+    threads: Annotated[int, typer.Option(help="CPU threads for every runtime.")] = 2,
+    prompt_lens: Annotated[str, typer.Option(help="Prompt lengths (comma-separated); decode runs after each.")] = "128,512,896",
+    decode_tokens: Annotated[int, typer.Option(help="Decode steps per prompt.")] = 128,
+    repeats: Annotated[int, typer.Option(help="Rounds; each round runs every runtime once, in turn.")] = 3,
+    android: Annotated[bool, typer.Option(help="Also run on the attached adb device (see benchmarks/bench_android.py).")] = False,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the full result as JSON.")] = None,
+    plot_out: Annotated[Optional[Path], typer.Option("--plot", help="Write latency vs context length as a PNG.")] = None,
+) -> None:
+    """Latency on this CPU (LiteRT CompiledModel, LiteRT-LM) next to llama.cpp, with the bandwidth bound."""
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from benchmarks.bench import format_report, plot, run_bench
+
+    try:
+        lens = [int(p) for p in prompt_lens.split(",") if p.strip()]
+    except ValueError:
+        raise NanoError(f"--prompt-lens {prompt_lens!r}: give integers like 128,512") from None
+    with progress_bar() as report:
+        result = run_bench(model, threads=threads, prompt_lens=lens, decode_tokens=decode_tokens, repeats=repeats,
+                           compare_llamacpp=gguf, android=android, progress=report)
+    console.print(format_report(result), highlight=False, markup=False)
+    if json_out:
+        from nano.checkpoint import write_json
+
+        write_json(json_out, result)
+    if plot_out:
+        plot(result, plot_out)
+
+
 distill_app = typer.Typer(no_args_is_help=False, invoke_without_command=True,
                           help="Distill a student from a teacher's probabilities (see `nano distill --help`).")
 app.add_typer(distill_app, name="distill")

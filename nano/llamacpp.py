@@ -64,6 +64,45 @@ class LlamaCpp:
         return out
 
 
+def quantize_gguf(src: str | Path, dst: str | Path, ftype: str, *, embed_type: str | None = None,
+                  pure: bool = False, threads: int | None = None) -> Path:
+    """llama.cpp's own quantizer (`llama-quantize`): ``ftype`` such as "Q4_0" or "Q4_K_M" (its
+    per-tensor mix: K-quants fall back to Q5_0/Q8_0 where a row is not a multiple of 256),
+    ``embed_type`` (e.g. "Q8_0") for the token embedding, ``pure`` for one type everywhere."""
+    import llama_cpp
+
+
+    code = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype.upper()}", None)
+    if code is None:
+        raise NanoError(f"llama.cpp has no quantization type {ftype!r}; use e.g. Q4_0, Q4_K_M, Q8_0")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = code
+    params.nthread = threads or os.cpu_count() or 1
+    params.pure = pure
+    if embed_type is not None:
+        params.token_embedding_type = getattr(llama_cpp, f"GGML_TYPE_{embed_type.upper()}")
+    dst = Path(dst)
+    tmp = dst.with_name(f".{dst.name}.tmp")  # llama.cpp writes the file itself; renamed when complete
+    try:
+        with _quiet():
+            status = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
+        if status != 0:
+            raise NanoError(f"llama.cpp could not quantize {src} to {ftype} (status {status})")
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dst
+
+
+def gguf_bits_per_weight(path: str | Path) -> tuple[float, int]:
+    """(bits per weight over all tensors, file bytes) of a GGUF file."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    n = sum(int(t.n_elements) for t in reader.tensors)
+    return 8 * sum(int(t.n_bytes) for t in reader.tensors) / n, Path(path).stat().st_size
+
+
 @contextlib.contextmanager
 def _quiet():
     """llama.cpp logs model loading to stderr from C; silence fd 2 while it loads."""

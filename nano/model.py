@@ -8,6 +8,7 @@ Weights are stored (in, out), norms as their full multiplier (Gemma's `1 + w`, a
 """
 
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,11 @@ from nano.config import ModelConfig
 KVCache = list[tuple[Float[Array, "B K S H"], Float[Array, "B K S H"]]]
 
 _MASKED = -1e30  # finite, so a fully masked row can never produce NaN
+
+# Optional observer of the inputs of a block's linear layers, called as tap(site, x) with site
+# "qkv" (input of q, k, v), "o", "gate_up" (input of gate and up) or "down": how calibration
+# (quantize/calibrate.py) sees activations without a second copy of the forward pass.
+Tap = Callable[[str, jax.Array], None]
 
 
 def init_cache(config: ModelConfig, *, batch: int = 1, length: int | None = None,
@@ -85,7 +91,7 @@ class Attention(nnx.Module):
         self.config = c
 
     def __call__(self, x: Float[Array, "B T D"], positions: Int[Array, "T"],
-                 cache: tuple[jax.Array, jax.Array] | None, start: Int[Array, ""]):
+                 cache: tuple[jax.Array, jax.Array] | None, start: Int[Array, ""], tap: Tap | None = None):
         c = self.config
         B, T, _ = x.shape
         q = self.q(x).reshape(B, T, c.num_heads, c.head_dim)  # (B, T, N, H)
@@ -113,7 +119,10 @@ class Attention(nnx.Module):
         logits = jnp.where(mask, logits, _MASKED)
         probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
         out = jnp.einsum("bkgts,bksh->btkgh", probs, v.astype(probs.dtype))  # (B, T, K, G, H)
-        return self.o(out.reshape(B, T, c.num_heads * c.head_dim)), cache
+        out = out.reshape(B, T, c.num_heads * c.head_dim)  # (B, T, N*H)
+        if tap:
+            tap("o", out)
+        return self.o(out), cache
 
 
 class MLP(nnx.Module):
@@ -125,8 +134,11 @@ class MLP(nnx.Module):
         self.up = Linear(config.d_model, config.ffn_dim, **lin)
         self.down = Linear(config.ffn_dim, config.d_model, **lin)
 
-    def __call__(self, x: Float[Array, "B T D"]) -> Float[Array, "B T D"]:
-        return self.down(jax.nn.gelu(self.gate(x), approximate=True) * self.up(x))
+    def __call__(self, x: Float[Array, "B T D"], tap: Tap | None = None) -> Float[Array, "B T D"]:
+        h = jax.nn.gelu(self.gate(x), approximate=True) * self.up(x)
+        if tap:
+            tap("down", h)
+        return self.down(h)
 
 
 class Block(nnx.Module):
@@ -141,10 +153,16 @@ class Block(nnx.Module):
         self.mlp = MLP(config, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.post_mlp_norm = RMSNorm(config.d_model, **norm)
 
-    def __call__(self, x, positions, cache, start):
-        h, cache = self.attn(self.pre_attn_norm(x), positions, cache, start)
+    def __call__(self, x, positions, cache, start, tap: Tap | None = None):
+        a = self.pre_attn_norm(x)
+        if tap:
+            tap("qkv", a)
+        h, cache = self.attn(a, positions, cache, start, tap)
         x = x + self.post_attn_norm(h)
-        x = x + self.post_mlp_norm(self.mlp(self.pre_mlp_norm(x)))
+        m = self.pre_mlp_norm(x)
+        if tap:
+            tap("gate_up", m)
+        x = x + self.post_mlp_norm(self.mlp(m, tap))
         return x, cache
 
 
@@ -163,13 +181,17 @@ class Transformer(nnx.Module):
                                 for i in range(c.num_layers)])
         self.final_norm = RMSNorm(c.d_model, eps=c.norm_eps, param_dtype=param_dtype)
 
+    def embed_tokens(self, tokens: Int[Array, "B T"]) -> Float[Array, "B T D"]:
+        """Input embeddings, scaled by sqrt(d) as in Gemma."""
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(jnp.float32)
+        return (x * math.sqrt(self.config.d_model)).astype(self.dtype)
+
     def hidden(self, tokens: Int[Array, "B T"], *, cache: KVCache | None = None,
                start: Int[Array, ""] | int = 0) -> tuple[Float[Array, "B T D"], KVCache | None]:
         """Final-normed hidden states; with `cache`, also the cache updated at [start, start+T)."""
         start = jnp.asarray(start, jnp.int32)
         positions = start + jnp.arange(tokens.shape[1], dtype=jnp.int32)
-        x = jnp.take(self.embed[...], tokens, axis=0).astype(jnp.float32)
-        x = (x * math.sqrt(self.config.d_model)).astype(self.dtype)
+        x = self.embed_tokens(tokens)
         new_cache = [] if cache is not None else None
         for i, block in enumerate(self.layers):
             x, layer_cache = block(x, positions, None if cache is None else cache[i], start)

@@ -28,26 +28,41 @@ from .int4 import QTensor, check_args, dequantize, quantize
 
 
 def search_scales(w, x, *, bits: int = 4, group: int | None = 32, symmetric: bool = True,
-                  grid: int = 20, name: str | None = None) -> tuple[np.ndarray, QTensor]:
+                  grid: int = 20, scale_dtype=None, name: str | None = None) -> tuple[np.ndarray, QTensor]:
     """Best per-input-channel scale ``s`` (float32, shape (in,)) and ``Q(s[:, None] * w)``."""
     w = check_args(w, bits, group, name)
     x = np.asarray(x)
     if x.ndim < 1 or x.shape[-1] != w.shape[0]:
         raise NanoError(f"awq: x has shape {x.shape}, its last axis must be the input width "
                         f"{w.shape[0]}{f' of {name!r}' if name else ''}; pass the layer's inputs")
+    x = x.reshape(-1, w.shape[0]).astype(np.float64)
+    return search_scales_from_moments(w, x.T @ x, np.abs(x).mean(axis=0), bits=bits, group=group,
+                                      symmetric=symmetric, grid=grid, scale_dtype=scale_dtype, name=name)
+
+
+def search_scales_from_moments(w, gram, abs_mean, *, bits: int = 4, group: int | None = 32,
+                               symmetric: bool = True, grid: int = 20, scale_dtype=None,
+                               name: str | None = None) -> tuple[np.ndarray, QTensor]:
+    """:func:`search_scales` from the inputs' ``gram = x^T x`` and ``abs_mean = mean|x|``
+    (see :class:`quantize.stats.InputStats`), so calibration never holds the tokens."""
+    w = check_args(w, bits, group, name)
+    n_in = w.shape[0]
+    gram, abs_mean = np.asarray(gram, np.float64), np.asarray(abs_mean, np.float64)
+    if gram.shape != (n_in, n_in) or abs_mean.shape != (n_in,):
+        raise NanoError(f"awq: moments of shape {gram.shape}/{abs_mean.shape} do not match the input "
+                        f"width {n_in}{f' of {name!r}' if name else ''}")
     if grid < 1:
         raise NanoError(f"awq: grid {grid} must be >= 1; use 20")
-    x = x.reshape(-1, w.shape[0]).astype(np.float64)
-    G = x.T @ x
-    x_mean = np.maximum(np.abs(x).mean(axis=0), 1e-4)
+    x_mean = np.maximum(abs_mean, 1e-4)
     w64 = w.astype(np.float64)
     best = None
     for alpha in np.linspace(0.0, 1.0, grid) if grid > 1 else [0.0]:
         s = x_mean**alpha
         s = (s / np.sqrt(s.max() * s.min())).astype(np.float32)
-        qt = quantize(w * s[:, None], bits=bits, group=group, symmetric=symmetric, name=name)
+        qt = quantize(w * s[:, None], bits=bits, group=group, symmetric=symmetric,
+                      scale_dtype=scale_dtype, name=name)
         D = w64 - dequantize(qt).astype(np.float64) / s[:, None]
-        err = float(np.sum((G @ D) * D))
+        err = float(np.sum((gram @ D) * D))
         if best is None or err < best[0]:
             best = (err, s, qt)
     return best[1], best[2]

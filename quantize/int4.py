@@ -129,26 +129,35 @@ def grouped(w: np.ndarray, group: int | None) -> np.ndarray:
     return w.reshape(n_in // g, g, n_out)
 
 
+def representable(x: np.ndarray, dtype) -> np.ndarray:
+    """``x`` rounded to the nearest value of ``dtype`` (e.g. bfloat16), returned as float32."""
+    if dtype is None:
+        return np.asarray(x, np.float32)
+    return np.asarray(x, np.float32).astype(dtype).astype(np.float32)
+
+
 def params(wg: np.ndarray, bits: int, symmetric: bool, *, ratio=1.0,
-           convention: str = "max7") -> tuple[np.ndarray, np.ndarray | None]:
+           convention: str = "max7", scale_dtype=None) -> tuple[np.ndarray, np.ndarray | None]:
     """Scale (and zero) of grouped weights ``wg`` of shape (G, g, out), each (G, 1, out) float32.
 
     ``ratio`` (scalar or broadcastable to (G, 1, out)) shrinks the range (clipping searches).
+    ``scale_dtype`` (e.g. ``ml_dtypes.bfloat16``) rounds scale and zero to values that dtype holds
+    exactly *before* the codes are chosen, so a file storing them in that dtype is lossless.
     """
     wg = np.asarray(wg, np.float32)
     if symmetric:
         if convention == "q4_0":
             idx = np.abs(wg).argmax(axis=1)[:, None, :]
             m = np.take_along_axis(wg, idx, axis=1) * np.float32(ratio)
-            return (m / np.float32(-(2 ** (bits - 1)))).astype(np.float32), None
+            return representable(m / np.float32(-(2 ** (bits - 1))), scale_dtype), None
         amax = np.abs(wg).max(axis=1, keepdims=True) * np.float32(ratio)
-        return (amax / np.float32(2 ** (bits - 1) - 1)).astype(np.float32), None
+        return representable(amax / np.float32(2 ** (bits - 1) - 1), scale_dtype), None
     lo = np.minimum(wg.min(axis=1, keepdims=True), 0) * np.float32(ratio)
     hi = np.maximum(wg.max(axis=1, keepdims=True), 0) * np.float32(ratio)
-    scale = ((hi - lo) / np.float32(2**bits - 1)).astype(np.float32)
+    scale = representable((hi - lo) / np.float32(2**bits - 1), scale_dtype)
     safe = np.where(scale == 0, np.float32(1), scale)
     zero = np.where(scale == 0, np.float32(0), -lo / safe).astype(np.float32)
-    return scale, zero
+    return scale, representable(zero, scale_dtype)
 
 
 def codes(wg: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, bits: int) -> np.ndarray:
@@ -180,11 +189,11 @@ def from_grouped(qg: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, bit
 
 
 def quantize(w, *, bits: int = 4, group: int | None = 32, symmetric: bool = True,
-             convention: str = "max7", name: str | None = None) -> QTensor:
+             convention: str = "max7", scale_dtype=None, name: str | None = None) -> QTensor:
     """Round-to-nearest quantization of an (in, out) float matrix along ``in`` (see module doc)."""
     w = check_args(w, bits, group, name, convention)
     wg = grouped(w, group)
-    scale, zero = params(wg, bits, symmetric, convention=convention)
+    scale, zero = params(wg, bits, symmetric, convention=convention, scale_dtype=scale_dtype)
     return from_grouped(codes(wg, scale, zero, bits), scale, zero, bits, group)
 
 

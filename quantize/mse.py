@@ -27,24 +27,33 @@ def clip_ratios(steps: int = 20, min_ratio: float = 0.5) -> np.ndarray:
     return np.linspace(1.0, min_ratio, steps, dtype=np.float32)
 
 
-def quantize_mse(w, *, bits: int = 4, group: int | None = 32, symmetric: bool = True,
-                 steps: int = 20, min_ratio: float = 0.5, convention: str = "max7",
-                 name: str | None = None) -> QTensor:
-    """RTN with a per-group clip ratio chosen to minimize squared error (see module doc)."""
-    w = check_args(w, bits, group, name, convention)
-    wg = grouped(w, group)
-    best_err = best_scale = best_zero = best_q = None
+def search_params(wg: np.ndarray, bits: int, symmetric: bool, *, steps: int = 20, min_ratio: float = 0.5,
+                  convention: str = "max7", scale_dtype=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-group scale (and zero), each (G, 1, out), minimizing squared error of grouped ``wg`` (G, g, out)."""
+    wg = np.asarray(wg, np.float32)
+    best_err = best_scale = best_zero = None
     for r in clip_ratios(steps, min_ratio):
-        scale, zero = params(wg, bits, symmetric, ratio=r, convention=convention)
+        scale, zero = params(wg, bits, symmetric, ratio=r, convention=convention,
+                             scale_dtype=scale_dtype)
         q = codes(wg, scale, zero, bits)
         err = ((values(q, scale, zero) - wg).astype(np.float64) ** 2).sum(axis=1, keepdims=True)
         if best_err is None:
-            best_err, best_scale, best_zero, best_q = err, scale, zero, q
+            best_err, best_scale, best_zero = err, scale, zero
             continue
         better = err < best_err
         best_err = np.where(better, err, best_err)
         best_scale = np.where(better, scale, best_scale)
         if zero is not None:
             best_zero = np.where(better, zero, best_zero)
-        best_q = np.where(better, q, best_q)
-    return from_grouped(best_q, best_scale, best_zero, bits, group)
+    return best_scale, best_zero
+
+
+def quantize_mse(w, *, bits: int = 4, group: int | None = 32, symmetric: bool = True,
+                 steps: int = 20, min_ratio: float = 0.5, convention: str = "max7",
+                 scale_dtype=None, name: str | None = None) -> QTensor:
+    """RTN with a per-group clip ratio chosen to minimize squared error (see module doc)."""
+    w = check_args(w, bits, group, name, convention)
+    wg = grouped(w, group)
+    scale, zero = search_params(wg, bits, symmetric, steps=steps, min_ratio=min_ratio,
+                                convention=convention, scale_dtype=scale_dtype)
+    return from_grouped(codes(wg, scale, zero, bits), scale, zero, bits, group)

@@ -196,6 +196,19 @@ def test_gptq_identity_hessian_is_rtn(act_order, sym, group, bits):
         np.testing.assert_array_equal(qt.zero, rtn.zero)
 
 
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_identity_hessian_with_clip_search_is_mse(act_order):
+    """Same with the reference's least-squares clip search for the group scales: == quantize_mse."""
+    w = np.random.default_rng(8).standard_normal((64, 12)).astype(np.float32)
+    g = GPTQ(64)
+    g.add_batch(np.vstack([8 * np.eye(64), np.zeros((64, 64))]))
+    qt = g.solve(w, group=32, damp=0.0, act_order=act_order, block=16, clip_steps=20)
+    mse = quantize_mse(w, group=32, steps=20)
+    np.testing.assert_array_equal(qt.q, mse.q)
+    np.testing.assert_array_equal(qt.scale, mse.scale)
+    assert not np.array_equal(mse.scale, quantize(w, group=32).scale)  # the search did clip somewhere
+
+
 def naive_gptq(w, H, *, group, symmetric, damp, bits=4):
     """Textbook OBS/GPTQ without Cholesky or blocks: quantize input rows in order, spread each
     error with the current inverse Hessian row, then drop the row from H^-1 (Schur complement)."""

@@ -1,0 +1,276 @@
+"""`nano bench`: latency of an exported model on this CPU (LiteRT CompiledModel, LiteRT-LM) next to
+llama.cpp on a GGUF of the same weights, measured in the same run; optionally on a phone over adb.
+
+    .venv/bin/python -m benchmarks.bench model.tflite [--gguf model-q4_0.gguf] [--threads 2]
+        [--prompt-lens 128,512,896] [--decode-tokens 128] [--repeats 3] [--json out.json] [--plot out.png]
+
+Per runtime and prompt length P (also the context the decode steps run at, P .. P+decode_tokens):
+time to first token (prefill of P tokens + one decode step), prefill tokens/s, decode ms/token
+(median and p90 over all steps) and tokens/s. Each runtime runs in its own child process, so its
+peak RSS is its own. The decode bound is bandwidth / bytes read per token, with bytes = the weights
+(the .tflite's size; llama.cpp's tensor bytes) + the KV cache up to the mean decode position (f32
+for LiteRT, f16 for llama.cpp); LiteRT's exported graph attends over all seq_len positions, so its
+real traffic is higher than this ideal count. Timings on a shared machine are noisy: read ratios
+measured in the same run, and the CPU pressure printed with them.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.bench_core import cpu_pressure, memory_bandwidth, pool, run_child, timing_row
+from nano.errors import NanoError
+
+DEFAULT_PROMPT_LENS = (128, 512, 896)  # + 128 decode steps fills a 1024-position cache
+DEFAULT_DECODE_TOKENS = 128
+Progress = Callable[[str, int, int], None]  # (stage, done, total), as in export.checkpoint
+
+
+def _check_args(prompt_lens: Sequence[int], decode_tokens: int, repeats: int, threads: int) -> tuple[int, ...]:
+    lens = tuple(int(p) for p in prompt_lens)
+    if not lens or min(lens) < 1:
+        raise NanoError(f"prompt_lens {list(prompt_lens)}: give one or more lengths >= 1, e.g. 128,512")
+    for name, v in (("decode_tokens", decode_tokens), ("repeats", repeats), ("threads", threads)):
+        if int(v) < 1:
+            raise NanoError(f"{name} must be >= 1, got {v}")
+    return lens
+
+
+def _model_files(model_path: str | Path, tmp: Path) -> tuple[Path, Path | None]:
+    """(.tflite to run, .litertlm or None): a bundle's own .tflite section, or a .tflite and the
+    bundle export_checkpoint writes beside it."""
+    from benchmarks.bench_litert import extract_tflite
+
+    path = Path(model_path).absolute()  # children may run elsewhere
+    if not path.is_file():
+        raise NanoError(f"{path}: no such model file; export one with `nano export` (.tflite / .litertlm)")
+    if path.suffix == ".litertlm":
+        return extract_tflite(path, tmp / f"{path.stem}.tflite"), path
+    if path.suffix != ".tflite":
+        raise NanoError(f"{path}: expected a .tflite or .litertlm file")
+    bundle = path.with_suffix(".litertlm")
+    return path, bundle if bundle.is_file() else None
+
+
+def _add_bounds(entry: dict, *, bandwidth_gb_s: float, decode_tokens: int) -> None:
+    for row in entry["rows"]:
+        context = row["prompt_len"] + decode_tokens / 2
+        nbytes = entry["weight_bytes"] + entry["kv_bytes_per_position"] * context
+        row["bytes_per_token"] = nbytes
+        row["bandwidth_limit_tok_s"] = bandwidth_gb_s * 1e9 / nbytes
+        row["fraction_of_limit"] = row["decode_tok_s"] / row["bandwidth_limit_tok_s"]
+
+
+def _speedups(runtimes: dict, base: str = "llama_cpp") -> dict[str, list[dict]]:
+    """this / llama.cpp for tokens/s, llama.cpp / this for TTFT: > 1 means this runtime is faster."""
+    if base not in runtimes:
+        return {}
+    ref = {r["prompt_len"]: r for r in runtimes[base]["rows"]}
+    out = {}
+    for name, entry in runtimes.items():
+        if name in (base, "android"):
+            continue
+        out[name] = [{"prompt_len": r["prompt_len"],
+                      "decode": r["decode_tok_s"] / ref[r["prompt_len"]]["decode_tok_s"],
+                      "prefill": r["prefill_tok_s"] / ref[r["prompt_len"]]["prefill_tok_s"],
+                      "ttft": ref[r["prompt_len"]]["ttft_ms"] / r["ttft_ms"]} for r in entry["rows"]]
+    return out
+
+
+def _merge(rounds: list[dict], summarize: Callable[[dict], dict]) -> dict:
+    """One runtime's rounds: pooled timing rows, median scalars, the largest peak RSS."""
+    out = {k: max(r[k] for r in rounds) if k.startswith("peak_rss") else statistics.median(r[k] for r in rounds)
+           for k, v in rounds[0].items() if isinstance(v, float) or k.startswith("peak_rss")}
+    out.update({k: v for k, v in rounds[0].items() if k not in out and k != "raw"})
+    out["rows"] = [summarize(raw) for raw in pool([r["raw"] for r in rounds])]
+    return out
+
+
+def run_bench(model_path: str | Path, *, threads: int = 2, prompt_lens: Sequence[int] = DEFAULT_PROMPT_LENS,
+              decode_tokens: int = DEFAULT_DECODE_TOKENS, repeats: int = 3,
+              compare_llamacpp: str | Path | None = None, android: bool = False,
+              android_binary: str | Path | None = None, bandwidth_mib: int = 256,
+              progress: Progress | None = None) -> dict[str, Any]:
+    """Benchmark `model_path` (.tflite with prefill/decode signatures, or .litertlm); see the module
+    docstring. `compare_llamacpp`: a GGUF of the same weights, timed the same way. `repeats`
+    rounds, each running every runtime once in turn (fresh process, fresh caches), so a busy spell
+    on a shared machine hits all runtimes alike; medians pool the rounds. Returns a JSON-ready
+    dict; never asserts on time."""
+    from benchmarks.bench_litert import litertlm_row, measure_compiled, measure_litertlm, read_layout
+    from benchmarks.bench_llamacpp import measure_llamacpp
+
+    lens = _check_args(prompt_lens, decode_tokens, repeats, threads)
+    report = progress or (lambda *a: None)
+    if compare_llamacpp is not None and not Path(compare_llamacpp).is_file():
+        raise NanoError(f"{compare_llamacpp}: no such GGUF file; write one with "
+                        "nano.gguf_io.write_gguf(path, params, config, tokenizer, weight_type='q4_0')")
+    with tempfile.TemporaryDirectory(prefix="nano-bench-") as tmp:
+        tmp = Path(tmp)
+        tflite, bundle = _model_files(model_path, tmp)
+        layout = read_layout(tflite)
+        if max(lens) + decode_tokens > layout.seq_len:
+            raise NanoError(f"prompt of {max(lens)} + {decode_tokens} decode tokens exceeds the KV cache of "
+                            f"{layout.seq_len} positions in {tflite}; use shorter prompt_lens / fewer decode_tokens "
+                            "or export with a larger seq_len")
+        if android:  # refuse before the desktop runs, not after
+            from benchmarks.bench_android import phone_binary, pick_device
+
+            if bundle is None:
+                raise NanoError(f"{model_path}: the phone runs a .litertlm bundle; export with litertlm=True")
+            pick_device()
+            phone_binary(android_binary)
+        common = dict(threads=threads, prompt_lens=lens, decode_tokens=decode_tokens, repeats=1, log_dir=tmp)
+        jobs = {"litert_compiled": lambda i: run_child("litert compiled", measure_compiled, str(tflite),
+                                                       weight_cache=str(tmp / f"xnnpack-{i}.cache"), **common)}
+        if bundle:
+            jobs["litert_lm"] = lambda i: run_child("litert-lm", measure_litertlm, str(bundle),
+                                                    cache_dir=str(tmp / f"litertlm-{i}"), **common)
+        if compare_llamacpp:
+            jobs["llama_cpp"] = lambda i: run_child("llama.cpp", measure_llamacpp, str(Path(compare_llamacpp).absolute()),
+                                                    **common)
+        total = 1 + repeats * len(jobs) + android
+        pressure = cpu_pressure()
+        report("memory bandwidth", 0, total)
+        bandwidth = memory_bandwidth(threads=threads, mib=bandwidth_mib)
+        rounds: dict[str, list[dict]] = {name: [] for name in jobs}
+        for i in range(repeats):
+            for j, (name, job) in enumerate(jobs.items()):
+                report(f"{name} (round {i + 1}/{repeats})", 1 + i * len(jobs) + j, total)
+                rounds[name].append(job(i))
+        kv_f32 = layout.kv_bytes_per_position
+        files = {"litert_compiled": (Path(model_path), tflite.stat().st_size, kv_f32),
+                 "litert_lm": (bundle, tflite.stat().st_size, kv_f32),
+                 "llama_cpp": (compare_llamacpp and Path(compare_llamacpp), None, kv_f32 // 2)}  # f16 cache
+        runtimes: dict[str, dict] = {}
+        for name, rs in rounds.items():
+            entry = _merge(rs, litertlm_row if name == "litert_lm" else timing_row)
+            path, weights, kv = files[name]
+            entry.update(file=str(path), file_bytes=path.stat().st_size, kv_bytes_per_position=kv)
+            entry.setdefault("weight_bytes", weights)  # llama.cpp reports its tensor bytes itself
+            entry["rss_over_file"] = entry["peak_rss_bytes"] / entry["file_bytes"]
+            _add_bounds(entry, bandwidth_gb_s=bandwidth["bandwidth_gb_s"], decode_tokens=decode_tokens)
+            runtimes[name] = entry
+        if android:
+            from benchmarks.bench_android import run_android
+
+            report("android", total - 1, total)
+            runtimes["android"] = run_android(bundle, binary=android_binary, threads=threads, prompt_lens=lens,
+                                              decode_tokens=decode_tokens)
+        report("done", total, total)
+        model = {"path": str(model_path), "tflite_bytes": tflite.stat().st_size,
+                 "litertlm": str(bundle) if bundle else None, **dataclasses.asdict(layout)}
+    return {"model": model,
+            "settings": {"threads": threads, "prompt_lens": list(lens), "decode_tokens": decode_tokens,
+                         "repeats": repeats, "prompt": "seeded random ids (seed 0), greedy decode",
+                         "litert_lm_note": "LiteRT-LM's own benchmark: its prompt zero-padded to P tokens, "
+                                           "TTFT = prefill + one mean decode step, one decode rate per run"},
+            "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), **bandwidth,
+                        "cpu_pressure_before": pressure, "cpu_pressure_after": cpu_pressure()},
+            "runtimes": runtimes, "speedup_vs_llama_cpp": _speedups(runtimes)}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def plot(result: dict, path: str | Path) -> Path:
+    """Decode ms/token (median, p90 bar) and TTFT against prompt/context length, one line per runtime."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, entry in result["runtimes"].items():
+        rows = entry["rows"]
+        x = [r["prompt_len"] for r in rows]
+        med = [r["decode_ms_median"] for r in rows]
+        p90 = [r.get("decode_ms_p90", r["decode_ms_median"]) - r["decode_ms_median"] for r in rows]
+        left.errorbar(x, med, yerr=[[0] * len(x), p90], marker="o", capsize=3, label=name)
+        right.plot(x, [r["ttft_ms"] for r in rows], marker="o", label=name)
+    left.set(xlabel="context length (tokens)", ylabel="decode ms/token (median, bar to p90)", title="decode latency",
+             yscale="log")  # one stalled step must not flatten the others
+    right.set(xlabel="prompt length (tokens)", ylabel="time to first token (ms)", title="TTFT")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    s = result["settings"]
+    fig.suptitle(f"{Path(result['model']['path']).name}: {s['threads']} threads, {result['machine']['cpu']}",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def format_report(result: dict) -> str:
+    m, lines = result["machine"], []
+    lines.append(f"{result['model']['path']}: seq_len {result['model']['seq_len']}, {m['cpu']} "
+                 f"({m['cores']} cores), {result['settings']['threads']} threads, bandwidth {m['bandwidth_gb_s']:.1f} GB/s "
+                 f"(read {m['read_gb_s']:.1f}, copy {m['copy_gb_s']:.1f})")
+    lines.append(f"cpu pressure before: {m['cpu_pressure_before']}; after: {m['cpu_pressure_after']}")
+    lines.append(f"{'runtime':<16}{'P':>5}{'TTFT ms':>9}{'prefill t/s':>12}{'dec ms med':>11}{'p90':>8}"
+                 f"{'dec t/s':>9}{'limit t/s':>10}{'of limit':>9}")
+    for name, e in result["runtimes"].items():
+        for r in e["rows"]:
+            limit = r.get("bandwidth_limit_tok_s")
+            lines.append(f"{name:<16}{r['prompt_len']:>5}{r['ttft_ms'] or float('nan'):>9.1f}{r['prefill_tok_s']:>12.0f}"
+                         f"{r.get('decode_ms_median', 1e3 / r['decode_tok_s']):>11.2f}{r.get('decode_ms_p90', float('nan')):>8.2f}"
+                         f"{r['decode_tok_s']:>9.1f}{limit or float('nan'):>10.0f}{r.get('fraction_of_limit', float('nan')):>9.2f}")
+    for name, e in result["runtimes"].items():
+        if "peak_rss_bytes" in e:
+            warm = f", warm load {e['peak_rss_warm_bytes'] / 2**20:.0f}" if "peak_rss_warm_bytes" in e else ""
+            lines.append(f"{name:<16} peak RSS {e['peak_rss_bytes'] / 2**20:.0f} MiB (libraries alone "
+                         f"{e['baseline_rss_bytes'] / 2**20:.0f}{warm}), file {e['file_bytes'] / 2**20:.1f} MiB, "
+                         f"peak RSS/file {e['rss_over_file']:.2f}")
+    for name, rows in result["speedup_vs_llama_cpp"].items():
+        parts = ", ".join(f"P={r['prompt_len']}: decode {r['decode']:.2f}x prefill {r['prefill']:.2f}x "
+                          f"TTFT {r['ttft']:.2f}x" for r in rows)
+        lines.append(f"{name} vs llama.cpp (>1 = faster): {parts}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", type=Path)
+    ap.add_argument("--gguf", type=Path, default=None, help="llama.cpp comparator: a GGUF of the same weights")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompt-lens", default=",".join(map(str, DEFAULT_PROMPT_LENS)))
+    ap.add_argument("--decode-tokens", type=int, default=DEFAULT_DECODE_TOKENS)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--android", action="store_true", help="also run on the adb device (see bench_android.py)")
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--plot", type=Path, default=None)
+    args = ap.parse_args(argv)
+    try:
+        lens = [int(p) for p in args.prompt_lens.split(",") if p.strip()]
+    except ValueError:
+        raise SystemExit(f"error: --prompt-lens {args.prompt_lens!r}: give integers like 128,512") from None
+    try:
+        result = run_bench(args.model, threads=args.threads, prompt_lens=lens, decode_tokens=args.decode_tokens,
+                           repeats=args.repeats, compare_llamacpp=args.gguf, android=args.android,
+                           progress=lambda stage, done, total: print(f"[{done}/{total}] {stage}", flush=True))
+    except NanoError as e:
+        raise SystemExit(f"error: {e}") from None
+    print(format_report(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    if args.plot:
+        plot(result, args.plot)
+
+
+if __name__ == "__main__":
+    main()

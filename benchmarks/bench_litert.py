@@ -1,0 +1,224 @@
+"""LiteRT on the desktop CPU: the exported .tflite through the CompiledModel/TensorBuffer API, and
+a .litertlm bundle through LiteRT-LM's own benchmark.
+
+The CompiledModel runner keeps one TensorBuffer per KV-cache tensor and passes it as both input
+and output of `prefill` and `decode`, so the cache is updated in place: the Interpreter's
+signature runner instead copies every cache in and out on each step (2-3 ms/step measured)."""
+
+import dataclasses
+import gc
+import mmap
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ai_edge_litert import schema_py_generated as fb
+
+from benchmarks.bench_core import phase_peak_rss_bytes, prompt_tokens, reset_peak_rss, time_generation
+from nano.errors import NanoError
+
+SIGNATURES = ("prefill", "decode")
+FIX = "export it with export_tflite or `nano export`"
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """What the benchmark needs to know of an exported model, read from its signatures."""
+    seq_len: int  # KV-cache positions (dim 2 of [1, K, S, H])
+    prefill_len: int  # tokens per prefill call
+    layers: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+
+    @property
+    def kv_bytes_per_position(self) -> int:
+        """float32 K and V of every layer for one position."""
+        return 2 * self.layers * self.kv_heads * self.head_dim * 4
+
+
+def _tensors(model, sig) -> tuple[dict[str, tuple], dict[str, tuple]]:
+    sub = model.Subgraphs(sig.SubgraphIndex())
+
+    def shapes(n, get):
+        out = {}
+        for j in range(n):
+            m = get(j)
+            out[m.Name().decode()] = tuple(int(d) for d in sub.Tensors(m.TensorIndex()).ShapeAsNumpy())
+        return out
+
+    return shapes(sig.InputsLength(), sig.Inputs), shapes(sig.OutputsLength(), sig.Outputs)
+
+
+def read_layout(path: str | Path) -> Layout:
+    """Check that `path` is a Nano prefill/decode .tflite and return its layout; reads only the
+    flatbuffer's tables (memory-mapped), never the weights."""
+    path = Path(path)
+    if not path.is_file():
+        raise NanoError(f"{path}: no such model file; {FIX}")
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        if len(buf) < 8 or not fb.Model.ModelBufferHasIdentifier(buf, 0):
+            raise NanoError(f"{path}: not a .tflite flatbuffer; {FIX}")
+        model = fb.Model.GetRootAs(buf, 0)
+        sigs = {model.SignatureDefs(i).SignatureKey().decode(): model.SignatureDefs(i)
+                for i in range(model.SignatureDefsLength())}
+        missing = [s for s in SIGNATURES if s not in sigs]
+        if missing:
+            raise NanoError(f"{path}: no {' / '.join(missing)} signature (has {sorted(sigs) or 'none'}); "
+                            f"the benchmark needs a prefill/decode LM, {FIX}")
+        io = {s: _tensors(model, sigs[s]) for s in SIGNATURES}
+    for s, (ins, outs) in io.items():
+        kv = sorted(n for n in ins if n.startswith("kv_cache_"))
+        need = {"tokens", "input_pos", "kv_cache_k_0", "kv_cache_v_0"} - set(ins)
+        if need or "logits" not in outs or any(outs.get(n) != ins[n] for n in kv):
+            raise NanoError(f"{path}: signature {s!r} lacks tokens/input_pos/kv_cache_{{k,v}}_i inputs, logits "
+                            f"or matching kv_cache outputs; {FIX}")
+        if any(len(ins[n]) != 4 or ins[n] != ins["kv_cache_k_0"] for n in kv):
+            raise NanoError(f"{path}: signature {s!r} has KV caches of different or non-[1, K, S, H] shapes; {FIX}")
+    (ins, outs), (dins, _) = io["prefill"], io["decode"]
+    _, K, S, H = ins["kv_cache_k_0"]
+    if dins["tokens"] != (1, 1) or dins["kv_cache_k_0"] != ins["kv_cache_k_0"]:
+        raise NanoError(f"{path}: decode must take one token and the prefill's KV caches; {FIX}")
+    layers = sum(1 for n in ins if n.startswith("kv_cache_k_"))
+    return Layout(seq_len=S, prefill_len=ins["tokens"][1], layers=layers, kv_heads=K, head_dim=H,
+                  vocab=outs["logits"][-1])
+
+
+class CompiledLM:
+    """prefill/decode on LiteRT's CompiledModel (XNNPACK), caches in place; same chunking as
+    export.runtime.LiteRTModel so the two give the same logits for the same tokens."""
+
+    def __init__(self, path: str | Path, *, threads: int = 2, weight_cache: str | Path | None = None):
+        from ai_edge_litert.compiled_model import CompiledModel
+        from ai_edge_litert.options import CpuOptions, Options
+
+        self.layout = read_layout(path)
+        cpu = CpuOptions(num_threads=threads, xnnpack_weight_cache_path=str(weight_cache or ""))
+        self.model = CompiledModel.from_file(str(path), options=Options(cpu_options=cpu))
+        names = self.model.get_signature_list()["decode"]["inputs"]
+        self.kv = {n: self.model.create_input_buffer_by_name("decode", n) for n in names if n.startswith("kv_cache_")}
+        self.io = {s: ({n: self.model.create_input_buffer_by_name(s, n) for n in ("tokens", "input_pos")},
+                       {"logits": self.model.create_output_buffer_by_name(s, "logits")}) for s in SIGNATURES}
+        self._zeros = np.zeros(self.kv["kv_cache_k_0"].get_tensor_details()["shape"], np.float32)
+        self.reset()
+
+    def reset(self) -> None:
+        for buf in self.kv.values():
+            buf.write(self._zeros)
+        self.pos = 0
+
+    def close(self) -> None:
+        self.kv, self.io = {}, {}
+        self.model.close()
+
+    def _run(self, sig: str, tokens: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        ins, outs = self.io[sig]
+        ins["tokens"].write(tokens)
+        ins["input_pos"].write(pos)
+        self.model.run_by_name(sig, {**ins, **self.kv}, {**outs, **self.kv})  # same KV buffers both ways
+        return outs["logits"].read(self.layout.vocab, np.float32)
+
+    def decode(self, token: int) -> np.ndarray:
+        if self.pos >= self.layout.seq_len:
+            raise NanoError(f"context full ({self.layout.seq_len} tokens); reset() or export a larger seq_len")
+        logits = self._run("decode", np.array([[token]], np.int32), np.array([self.pos], np.int32))
+        self.pos += 1
+        return logits
+
+    def prefill(self, tokens: Sequence[int]) -> np.ndarray:
+        """Zero-padded chunks of prefill_len while a whole chunk fits, then the tail one by one."""
+        tokens = [int(t) for t in tokens]
+        S, T = self.layout.seq_len, self.layout.prefill_len
+        if not tokens or self.pos + len(tokens) > S:
+            raise NanoError(f"{len(tokens)} prompt tokens at position {self.pos} do not fit the cache of {S}; "
+                            "shorten the prompt")
+        i = 0
+        while i < len(tokens) and self.pos + T <= S:
+            chunk = tokens[i:i + T]
+            ids, pos = np.zeros((1, T), np.int32), np.zeros((T,), np.int32)
+            ids[0, :len(chunk)] = chunk
+            pos[:len(chunk)] = np.arange(self.pos, self.pos + len(chunk))
+            logits = self._run("prefill", ids, pos)
+            self.pos += len(chunk)
+            i += len(chunk)
+        for t in tokens[i:]:
+            logits = self.decode(t)
+        return logits
+
+
+def measure_compiled(path: str, *, threads: int, prompt_lens: Sequence[int], decode_tokens: int,
+                     repeats: int, weight_cache: str, seed: int = 0) -> dict[str, Any]:
+    """Load twice (cold: XNNPACK packs the weights and writes its cache; warm: reads it, as a phone
+    app does after its first start), warm up, then time each prompt length on the warm load.
+    Peak RSS of the two phases apart. Runs in a child process."""
+    t = time.perf_counter()
+    lm = CompiledLM(path, threads=threads, weight_cache=weight_cache)
+    load_cold = time.perf_counter() - t
+    lm.close()
+    del lm
+    gc.collect()
+    cold_peak = reset_peak_rss()  # packing the weights peaks above what a cached load ever needs
+    t = time.perf_counter()
+    lm = CompiledLM(path, threads=threads, weight_cache=weight_cache)
+    load_warm = time.perf_counter() - t
+    vocab = lm.layout.vocab
+    lm.prefill(prompt_tokens(min(prompt_lens), vocab, seed))  # warm-up: first runs allocate
+    for _ in range(4):
+        lm.decode(1)
+    raw = [time_generation(lm, prompt_tokens(P, vocab, seed), decode_tokens, repeats) for P in prompt_lens]
+    return {"load_s_cold": load_cold, "load_s_warm": load_warm, "raw": raw,
+            "peak_rss_cold_load_bytes": cold_peak, "peak_rss_warm_bytes": phase_peak_rss_bytes()}
+
+
+def extract_tflite(litertlm: str | Path, out: str | Path) -> Path:
+    """Copy the prefill/decode .tflite section of a .litertlm bundle to `out`."""
+    from export.litertlm import read_sections
+
+    sections = [s for s in read_sections(litertlm) if s.kind == "TFLiteModel"]
+    if not sections:
+        raise NanoError(f"{litertlm}: the bundle holds no .tflite model; re-export with litertlm=True")
+    section = next((s for s in sections if "prefill_decode" in (s.model_type or "")), sections[0])
+    with open(litertlm, "rb") as src, open(out, "wb") as dst:
+        src.seek(section.begin)
+        left = section.end - section.begin
+        while left:
+            block = src.read(min(left, 1 << 24))
+            if not block:
+                raise NanoError(f"{litertlm}: truncated bundle; re-export it")
+            dst.write(block)
+            left -= len(block)
+    return Path(out)
+
+
+def measure_litertlm(path: str, *, threads: int, prompt_lens: Sequence[int], decode_tokens: int,
+                     repeats: int, cache_dir: str) -> dict[str, Any]:
+    """LiteRT-LM's native benchmark: a fresh engine per run, its prompt zero-padded to P tokens.
+    Raw figures of `repeats` runs per prompt length. Runs in a child process."""
+    import litert_lm
+
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)  # LiteRT-LM fails on a missing cache dir
+
+    def run(P):
+        return litert_lm.Benchmark(model_path=str(path), backend=litert_lm.Backend.CPU(thread_count=threads),
+                                   prefill_tokens=P, decode_tokens=decode_tokens, cache_dir=cache_dir).run()
+
+    run(min(prompt_lens))  # warm-up: writes the weight cache
+    raw = []
+    for P in prompt_lens:
+        runs = [run(P) for _ in range(repeats)]
+        raw.append({"prompt_len": P, "ttft_s": [r.time_to_first_token_in_second for r in runs],
+                    "prefill_tok_s": [r.last_prefill_tokens_per_second for r in runs],
+                    "decode_tok_s": [r.last_decode_tokens_per_second for r in runs],
+                    "init_s": [r.init_time_in_second for r in runs]})
+    return {"raw": raw}
+
+
+def litertlm_row(raw: dict) -> dict[str, Any]:
+    """Medians over runs; LiteRT-LM reports one mean decode rate per run (no per-step p90)."""
+    decode = statistics.median(raw["decode_tok_s"])
+    return {"prompt_len": raw["prompt_len"], "ttft_ms": statistics.median(raw["ttft_s"]) * 1e3,
+            "prefill_tok_s": statistics.median(raw["prefill_tok_s"]), "decode_tok_s": decode,
+            "decode_ms_median": 1e3 / decode, "init_s": statistics.median(raw["init_s"])}

@@ -1,0 +1,324 @@
+"""Issue 5's evidence: an int4 checkpoint exported with `export_checkpoint` next to llama.cpp Q4_0
+on the same shape and the same dequantized weights, on this CPU.
+
+    .venv/bin/python -m benchmarks.export_bench [--models student,nano1] [--threads 2,1]
+        [--json runs/bench-export.json]
+
+Models: `student` (the distilled student_20m, GPTQ int4 by `nano quantize`, made if missing) and
+`nano1` (full-size nano1, random weights, RTN int4 from the nano1 benchmark's cache). For each:
+export to .tflite + .litertlm under runs/export-bench/ (reused while newer than the checkpoint),
+write a GGUF of the checkpoint's dequantized weights as Q4_0 with a Q8_0 embedding (reused while
+newer), then `benchmarks.bench.run_bench` per thread count: decode tok/s of LiteRT's CompiledModel,
+LiteRT-LM and llama.cpp, the bandwidth-bound fraction, TTFT and each runtime's peak RSS against
+its file. For the student also greedy parity: LiteRT-LM's Python API on the .litertlm and the
+CompiledModel on the .tflite against nano.generate on the dequantized checkpoint. Results merge
+into the JSON by model and thread count, so models can be run in separate invocations.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from nano.checkpoint import WEIGHTS
+from nano.errors import NanoError
+
+OUT_DIR = Path("runs/export-bench")
+PARITY_PROMPT = "SQLite is"
+PARITY_TOKENS = 32
+RSS_GOAL = 1.3  # issue 5: runtime memory <= 1.3x the model file
+LIMIT_GOAL = 0.6  # issue 5: decode >= 60% of the bandwidth-bound rate
+RAM_MARGIN = 4 * 2**30  # left free for the rest of the machine
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    ckpt: Path
+    source: Path | None  # float checkpoint to quantize (gptq) when ckpt is missing
+    prompt_lens: tuple[int, ...]
+    decode_tokens: int
+    repeats: int
+    parity: bool
+
+
+TARGETS = {
+    "student": Target(Path("runs/student_20m-int4"), Path("runs/bench-distill/distill/student"),
+                      (128, 512), 128, 3, True),
+    # ~140 ms/token in LiteRT: one prompt length, 64 steps, 2 rounds keep a thread count < 10 min
+    "nano1": Target(Path.home() / ".cache/nano/bench-nano1/nano1-rtn", None, (128,), 64, 2, False),
+}
+
+
+def mem_available() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _need_ram(what: str, need: int) -> None:
+    have = mem_available()
+    if need + RAM_MARGIN > have:
+        raise NanoError(f"{what} needs about {need / 2**30:.1f} GiB of RAM and {RAM_MARGIN / 2**30:.0f} GiB must "
+                        f"stay free; {have / 2**30:.1f} GiB available. Wait for other jobs to finish")
+
+
+def _newer(path: Path, than: Path) -> bool:
+    return path.is_file() and path.stat().st_mtime > than.stat().st_mtime
+
+
+def ensure_checkpoint(t: Target) -> Path:
+    """The quantized checkpoint; quantized with `nano quantize --method gptq` from t.source if absent."""
+    from nano.qcheckpoint import is_quantized
+
+    if is_quantized(t.ckpt):
+        return t.ckpt
+    if t.source is None or not (t.source / WEIGHTS).is_file():
+        raise NanoError(f"{t.ckpt}: no quantized checkpoint and no float source to make it from")
+    nano = shutil.which("nano", path=str(Path(sys.executable).parent)) or shutil.which("nano")
+    if nano is None:
+        raise NanoError("the `nano` command is not installed in this environment; pip install -e .")
+    cmd = [nano, "quantize", str(t.source), "--out", str(t.ckpt), "--method", "gptq", "--eval-windows", "0"]
+    print("$", " ".join(cmd), flush=True)
+    if subprocess.run(cmd).returncode != 0:
+        raise NanoError(f"`{' '.join(cmd)}` failed; see its output above")
+    return t.ckpt
+
+
+def ensure_export(ckpt: Path, name: str) -> tuple[Path, Path, dict | None]:
+    """(.tflite, .litertlm, export summary or None when both were reused)."""
+    from export.checkpoint import (CONVERT_BYTES, CONVERT_BYTES_PER_LAYER, WEIGHT_RAM_FACTOR,
+                                   export_checkpoint, stored_bytes)
+    from nano.checkpoint import load_config
+    from nano.qcheckpoint import read_manifest
+
+    tflite = OUT_DIR / f"{name}.tflite"
+    bundle = tflite.with_suffix(".litertlm")
+    if _newer(tflite, ckpt / WEIGHTS) and _newer(bundle, ckpt / WEIGHTS):
+        return tflite, bundle, None
+    config = load_config(ckpt)
+    _need_ram(f"exporting {ckpt}", CONVERT_BYTES + CONVERT_BYTES_PER_LAYER * config.num_layers
+              + WEIGHT_RAM_FACTOR * stored_bytes(config, read_manifest(ckpt)["tensors"]))
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    summary = export_checkpoint(ckpt, tflite, litertlm=True,
+                                progress=lambda stage, done, total: print(f"  export [{done}/{total}] {stage}",
+                                                                          flush=True))
+    return tflite, bundle, summary
+
+
+def ensure_gguf(ckpt: Path, name: str) -> Path:
+    """llama.cpp Q4_0 (Q8_0 embedding) of the checkpoint's dequantized weights."""
+    from nano.checkpoint import load_config, load_tokenizer
+    from nano.gguf_io import write_gguf
+    from nano.qcheckpoint import dequantized_params, read_manifest
+
+    path = OUT_DIR / f"{name}-q4_0-embed_q8_0.gguf"
+    if _newer(path, ckpt / WEIGHTS):
+        return path
+    totals = read_manifest(ckpt)["totals"]
+    # every float32 tensor at once, the stored codes they came from, the GGUF blocks held until written
+    _need_ram(f"the GGUF of {ckpt}", totals["float32_bytes"] + 2 * totals["bytes"])
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    print(f"  writing {path}", flush=True)
+    write_gguf(path, dequantized_params(ckpt), load_config(ckpt), load_tokenizer(ckpt),
+               weight_type="q4_0", embed_type="q8_0", name=name)
+    return path
+
+
+def greedy_parity(ckpt: Path, tflite: Path, bundle: Path, *, prompt: str = PARITY_PROMPT,
+                  n: int = PARITY_TOKENS, threads: int = 2) -> dict[str, Any]:
+    """Greedy continuations of `prompt`: nano.generate on the dequantized checkpoint, LiteRT-LM on
+    the bundle (default and float32 activations; text only), and the CompiledModel on the .tflite
+    (token ids, so the first diverging step and nano's top-1/top-2 logit margin there are exact)."""
+    import jax.numpy as jnp
+    import litert_lm
+    import numpy as np
+
+    from benchmarks.bench_litert import CompiledLM
+    from nano.checkpoint import load_checkpoint, load_tokenizer
+    from nano.generate import generate
+
+    tok = load_tokenizer(ckpt)
+    stops = set(tok.stop_ids())
+    ids = [tok.bos_id] + tok.encode(prompt)
+    model = load_checkpoint(ckpt)
+    want = list(generate(model, ids, max_new_tokens=n, stop_ids=sorted(stops)))
+    logits, _ = model(jnp.asarray([ids + want[:-1]], jnp.int32))
+    top2 = np.sort(np.asarray(logits[0, len(ids) - 1:], np.float32), axis=-1)[:, -2:]
+    margins = top2[:, 1] - top2[:, 0]  # nano's top-1 minus top-2 logit at each generated step
+
+    def text(tokens):
+        return tok.decode([t for t in tokens if t not in stops])
+
+    lm = CompiledLM(tflite, threads=threads)
+    compiled, logit = [], lm.prefill(ids)
+    for _ in range(n):
+        compiled.append(int(np.argmax(logit)))
+        if compiled[-1] in stops:
+            break
+        logit = lm.decode(compiled[-1])
+    lm.close()
+    diverge = next((i for i, (a, b) in enumerate(zip(want, compiled)) if a != b), None)
+
+    out: dict[str, Any] = {
+        "prompt": prompt, "new_tokens": n, "nano_text": text(want), "nano_ids": want,
+        "nano_min_margin": float(margins.min()), "nano_min_margin_step": int(margins.argmin()),
+        "compiled_text": text(compiled), "compiled_ids": compiled, "compiled_match": compiled == want,
+        "compiled_first_divergence": diverge,
+        "nano_margin_at_divergence": None if diverge is None else float(margins[diverge]),
+        "litert_lm": {}}
+    for label, act in (("default", None), ("float32", litert_lm.ActivationDataType.FLOAT32)):
+        engine = litert_lm.Engine(str(bundle), backend=litert_lm.Backend.CPU(thread_count=threads),
+                                  activation_data_type=act)
+        session = engine.create_session(apply_prompt_template=False, max_output_tokens=n,
+                                        sampler_config=litert_lm.SamplerConfig(top_k=1))
+        session.run_prefill([prompt])  # LiteRT-LM prepends the bundle's start token (BOS)
+        got = session.run_decode().texts[0]
+        session.close()
+        engine.close()
+        out["litert_lm"][label] = {"text": got, "match": got == out["nano_text"],
+                                   "match_stripped": got.strip() == out["nano_text"].strip()}
+    return out
+
+
+def _other_jobs() -> str:
+    """Other heavy jobs seen at measurement time (the quantize benchmark shares this machine)."""
+    r = subprocess.run(["pgrep", "-af", "benchmarks.quantize "], capture_output=True, text=True)
+    return r.stdout.strip()
+
+
+def summarize(result: dict) -> dict[str, Any]:
+    """The issue's figures out of one run_bench result."""
+    rt = result["runtimes"]
+    rows = []
+    for i, P in enumerate(result["settings"]["prompt_lens"]):
+        row: dict[str, Any] = {"prompt_len": P}
+        for name, e in rt.items():
+            r = e["rows"][i]
+            row[name] = {"decode_tok_s": r["decode_tok_s"], "ttft_ms": r["ttft_ms"],
+                         "prefill_tok_s": r["prefill_tok_s"], "fraction_of_limit": r["fraction_of_limit"],
+                         "bandwidth_limit_tok_s": r["bandwidth_limit_tok_s"]}
+        if "llama_cpp" in rt:
+            base = rt["llama_cpp"]["rows"][i]["decode_tok_s"]
+            row["decode_vs_llama_cpp"] = {n: rt[n]["rows"][i]["decode_tok_s"] / base for n in rt if n != "llama_cpp"}
+        rows.append(row)
+    memory = {}
+    for name, e in rt.items():
+        m = {"file_bytes": e["file_bytes"], "baseline_rss_bytes": e["baseline_rss_bytes"],
+             "peak_rss_bytes": e["peak_rss_bytes"],
+             "peak_over_file": (e["peak_rss_bytes"] - e["baseline_rss_bytes"]) / e["file_bytes"]}
+        if "peak_rss_warm_bytes" in e:  # CompiledModel: the load that reads the XNNPACK weight cache
+            m["peak_rss_warm_bytes"] = e["peak_rss_warm_bytes"]
+            m["warm_over_file"] = (e["peak_rss_warm_bytes"] - e["baseline_rss_bytes"]) / e["file_bytes"]
+        memory[name] = m
+    mach = result["machine"]
+    return {"rows": rows, "memory": memory, "bandwidth_gb_s": mach["bandwidth_gb_s"],
+            "cpu_pressure_before": mach["cpu_pressure_before"], "cpu_pressure_after": mach["cpu_pressure_after"]}
+
+
+def _mib(b: float) -> str:
+    return f"{b / 2**20:.0f}"
+
+
+def format_summary(name: str, threads: int, s: dict, files: dict) -> str:
+    short = {"litert_compiled": "compiled", "litert_lm": "litert-lm", "llama_cpp": "llama.cpp"}
+    lines = [f"== {name}, {threads} thread(s), bandwidth {s['bandwidth_gb_s']:.1f} GB/s; "
+             f"files MiB: " + ", ".join(f"{k} {_mib(v)}" for k, v in files.items()),
+             f"   cpu pressure before: {s['cpu_pressure_before']}; after: {s['cpu_pressure_after']}",
+             f"   {'runtime':<10}{'P':>5}{'dec t/s':>9}{'vs llama':>9}{'of limit':>9}{'TTFT ms':>9}{'prefill t/s':>12}"]
+    for row in s["rows"]:
+        for rt, short_name in short.items():
+            if rt not in row:
+                continue
+            r, ratio = row[rt], row.get("decode_vs_llama_cpp", {}).get(rt)
+            lines.append(f"   {short_name:<10}{row['prompt_len']:>5}{r['decode_tok_s']:>9.1f}"
+                         f"{'' if ratio is None else f'{ratio:.2f}x':>9}{r['fraction_of_limit']:>9.2f}"
+                         f"{r['ttft_ms']:>9.0f}{r['prefill_tok_s']:>12.0f}")
+    for rt, m in s["memory"].items():
+        warm = (f", warm-load peak {_mib(m['peak_rss_warm_bytes'])} -> {m['warm_over_file']:.2f}x"
+                if "warm_over_file" in m else "")
+        lines.append(f"   {short.get(rt, rt):<10} RSS MiB: baseline {_mib(m['baseline_rss_bytes'])}, peak "
+                     f"{_mib(m['peak_rss_bytes'])}, (peak-baseline)/file {m['peak_over_file']:.2f}x{warm} "
+                     f"(file {_mib(m['file_bytes'])})")
+    return "\n".join(lines)
+
+
+def run_model(name: str, t: Target, threads: Sequence[int]) -> dict[str, Any]:
+    from benchmarks.bench import run_bench
+
+    ckpt = ensure_checkpoint(t)
+    tflite, bundle, export = ensure_export(ckpt, name)
+    gguf = ensure_gguf(ckpt, name)
+    files = {"checkpoint": (ckpt / WEIGHTS).stat().st_size, "tflite": tflite.stat().st_size,
+             "litertlm": bundle.stat().st_size, "gguf": gguf.stat().st_size}
+    out: dict[str, Any] = {"checkpoint": str(ckpt), "tflite": str(tflite), "litertlm": str(bundle),
+                           "gguf": str(gguf), "file_bytes": files, "export": export, "bench": {}}
+    if t.parity:
+        print(f"  greedy parity on {PARITY_PROMPT!r}", flush=True)
+        out["parity"] = greedy_parity(ckpt, tflite, bundle)
+    for n in threads:
+        other = _other_jobs()
+        start = time.time()
+        result = run_bench(tflite, threads=n, prompt_lens=t.prompt_lens, decode_tokens=t.decode_tokens,
+                           repeats=t.repeats, compare_llamacpp=gguf,
+                           progress=lambda stage, done, total: print(f"  bench {n}t [{done}/{total}] {stage}",
+                                                                     flush=True))
+        s = summarize(result)
+        s.update(seconds=round(time.time() - start, 1), other_jobs=other, loadavg_after=os.getloadavg())
+        out["bench"][str(n)] = {"summary": s, "result": result}
+        print(format_summary(name, n, s, files), flush=True)
+    return out
+
+
+def format_parity(p: dict) -> str:
+    lines = [f"   nano.generate : {p['nano_text']!r}",
+             f"   compiled      : {p['compiled_text']!r} (ids match: {p['compiled_match']}"
+             + ("" if p["compiled_first_divergence"] is None else
+                f", first divergence at step {p['compiled_first_divergence']}, nano top1-top2 margin there "
+                f"{p['nano_margin_at_divergence']:.3f}") + ")"]
+    for label, r in p["litert_lm"].items():
+        lines.append(f"   litert-lm {label:<8}: {r['text']!r} (match: {r['match']})")
+    lines.append(f"   nano's smallest top1-top2 margin: {p['nano_min_margin']:.3f} at step {p['nano_min_margin_step']}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="student,nano1")
+    ap.add_argument("--threads", default="2,1", help="thread counts to bench, in order")
+    ap.add_argument("--json", type=Path, default=Path("runs/bench-export.json"))
+    args = ap.parse_args(argv)
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in names if m not in TARGETS]
+    if unknown or not names:
+        raise SystemExit(f"error: --models {args.models!r}: choose from {', '.join(TARGETS)}")
+    try:
+        threads = [int(x) for x in args.threads.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"error: --threads {args.threads!r}: give integers like 2,1") from None
+    saved = json.loads(args.json.read_text()) if args.json.is_file() else {}
+    for name in names:
+        print(f"== {name}", flush=True)
+        try:
+            res = run_model(name, TARGETS[name], threads)
+        except NanoError as e:
+            raise SystemExit(f"error: {name}: {e}") from None
+        if "parity" in res:
+            print(f"== {name} greedy parity\n{format_parity(res['parity'])}", flush=True)
+        prev = saved.get(name, {})
+        # keep what earlier runs measured that this one did not (other thread counts)
+        saved[name] = {**prev, **res, "bench": {**prev.get("bench", {}), **res["bench"]}}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(saved, indent=2, default=str))
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Quantize a full-size nano1 (1.79B parameters, random weights stored in bfloat16) with
+`nano quantize` and report wall time and peak memory: the 24 GiB machine limit check.
+
+    .venv/bin/python -m benchmarks.quantize_nano1 [--methods rtn,gptq] [--calib-rows 16]
+
+The random checkpoint (with the Gemma 3 tokenizer, which nano1 shares) is written once to the
+Nano cache; each method then runs as a separate `nano quantize` process so its peak resident
+memory (ru_maxrss of the child) is its own. Perplexity is meaningless for random weights and
+is skipped (--eval-windows 0).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def make_checkpoint(path: Path) -> None:
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from nano.checkpoint import load_tokenizer, save_checkpoint
+    from nano.config import get_preset
+    from nano.convert import resolve_teacher
+    from nano.model import Transformer
+
+    model = Transformer(get_preset("nano1"), rngs=nnx.Rngs(0), param_dtype=jnp.bfloat16)
+    save_checkpoint(path, model, tokenizer=load_tokenizer(resolve_teacher("gemma3-270m")),
+                    meta={"note": "random weights (benchmarks/quantize_nano1.py)"})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--methods", default="rtn,gptq")
+    ap.add_argument("--calib-rows", type=int, default=16)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+
+    from nano.paths import cache_dir
+
+    work = cache_dir() / "bench-nano1"
+    ckpt = work / "nano1-random-bf16"
+    if not (ckpt / "config.json").is_file():
+        subprocess.run([sys.executable, "-c", "from benchmarks.quantize_nano1 import make_checkpoint as m; "
+                        f"from pathlib import Path; m(Path({str(ckpt)!r}))"], check=True)
+    nano = Path(sys.executable).with_name("nano")
+    results = {}
+    for method in args.methods.split(","):
+        out = work / f"nano1-{method}"
+        t0 = time.perf_counter()
+        log = work / f"nano1-{method}.log"
+        with open(log, "w") as f:
+            proc = subprocess.Popen([str(nano), "quantize", str(ckpt), "--out", str(out), "--method", method,
+                                     "--calib-rows", str(args.calib_rows), "--eval-windows", "0", "--overwrite"],
+                                    stdout=f, stderr=subprocess.STDOUT)
+            _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS
+        wall = time.perf_counter() - t0
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"nano quantize --method {method} failed; see {log}")
+        peak = usage.ru_maxrss  # KiB
+        manifest = json.loads((out / "quantization.json").read_text())
+        t = manifest["totals"]
+        results[method] = {"wall_seconds": round(wall, 1), "quantize_seconds": t["quantize_seconds"],
+                           "calibration_forward_seconds": t.get("calibration_forward_seconds"),
+                           "peak_rss_gib": round(peak / 2**20, 2),
+                           "bytes": t["bytes"], "bits_per_weight": t["bits_per_weight"],
+                           "linear_bits_per_weight": t["linear_bits_per_weight"],
+                           "calibration_tokens": (manifest.get("calibration") or {}).get("tokens")}
+        print(method, json.dumps(results[method]), flush=True)
+    src = sum(p.stat().st_size for p in ckpt.iterdir())
+    print(f"\nnano1 random bf16 checkpoint: {src / 2**30:.2f} GiB on disk")
+    print(f"{'method':<8}{'wall s':>9}{'peak RSS GiB':>14}{'output GiB':>12}{'bits/weight':>13}{'calib tokens':>14}")
+    for m, r in results.items():
+        print(f"{m:<8}{r['wall_seconds']:>9.0f}{r['peak_rss_gib']:>14.2f}{r['bytes'] / 2**30:>12.2f}"
+              f"{r['bits_per_weight']:>13.3f}{str(r['calibration_tokens'] or '-'):>14}")
+    if args.json:
+        args.json.write_text(json.dumps({"source_bytes": src, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

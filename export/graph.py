@@ -1,0 +1,130 @@
+"""A Nano model's graph as float32 TFLite bytes with LiteRT-LM's `prefill` and `decode`
+signatures, converted *without* its large weights.
+
+Every kernel and the embedding are extra signature inputs, (out, in) like a FULLY_CONNECTED
+weight (the embedding (V, D) as it is), so the converter never holds them: it converts nano1 in
+~7 s at ~0.9 GiB whatever the weights, and `export.flatbuffer` then turns those inputs into
+constants holding the real (float or int4/int8) weights. The kernel inputs are transposed back
+inside the JAX function; the converter cancels that transpose against the one FULLY_CONNECTED
+needs, so each FULLY_CONNECTED reads its weight input directly. Norm gains are small and stay
+constants (`tf.Variable`s frozen by the converter), so it can fold them as before.
+
+The decoder layers are Nano's own nnx Blocks, converted by jax2tf; only the embedding lookup and
+the tied head are TensorFlow ops, because the converter turns a JAX gather into GATHER_ND (which
+quantizers and LiteRT's int4 kernels do not handle) while `tf.gather` gives a GATHER that
+`export.flatbuffer` rewrites into EMBEDDING_LOOKUP. Lookup and head read the same input, hence
+one buffer in the file.
+
+Signatures (one shared set of weights once `export.flatbuffer` has bound them):
+  inputs   tokens int32 [1, T], input_pos int32 [T], kv_cache_{k,v}_i float32 [1, K, S, H]
+  outputs  logits float32 [1, 1, V], kv_cache_{k,v}_i (the caches with [pos, pos+T) written)
+`prefill` has T = prefill_len, `decode` T = 1. The chunk is written at input_pos[0]; LiteRT-LM
+zero-pads a short prompt's tokens and positions, so prefill's logits are those of the last real
+token, at argmax(input_pos) (LiteRT-LM itself holds the last prompt token back for decode and
+never reads them). The chunk must fit: input_pos[0] + T <= S.
+"""
+
+import math
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tensorflow as tf
+from flax import nnx
+from jax.experimental import jax2tf
+
+from nano.config import ModelConfig
+from nano.model import abstract_model
+
+
+def is_weight(name: str) -> bool:
+    """Parameters that become signature inputs (then constants, possibly int4/int8)."""
+    return name == "embed" or name.endswith(".kernel")
+
+
+def _decoder(config: ModelConfig):
+    """(fn, gain names, kernel name -> (in, out) shape) where fn(gains, kernels_t, x, input_pos,
+    caches) -> (final-normed h, new caches) takes the kernels transposed, (out, in)."""
+    abstract = abstract_model(config)
+    graphdef, state = nnx.split((abstract.layers, abstract.final_norm))  # no embedding: TF owns it
+    paths, treedef = jax.tree_util.tree_flatten_with_path(state)
+    names, shapes = [], {}
+    for path, leaf in paths:
+        keys = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+        name = ".".join(map(str, ["layers" if keys[0] == 0 else "final_norm", *keys[1:]]))
+        names.append(name)
+        shapes[name] = tuple(leaf.shape)
+    gains = [n for n in names if not is_weight(n)]
+    kernels = {n: shapes[n] for n in names if is_weight(n)}
+
+    def fn(gain_values, kernels_t, x, input_pos, caches):
+        values = dict(zip(gains, gain_values)) | {n: jnp.transpose(w) for n, w in zip(kernels, kernels_t)}
+        layers, final_norm = nnx.merge(graphdef, jax.tree.unflatten(treedef, [values[n] for n in names]))
+        new = []
+        for block, cache in zip(layers, caches):
+            x, cache = block(x, input_pos, cache, input_pos[0])
+            new.append(cache)
+        return final_norm(x), new
+
+    return fn, gains, kernels
+
+
+class _Graph(tf.Module):
+    def __init__(self, config: ModelConfig, gains: Mapping[str, np.ndarray]):
+        super().__init__()
+        self.config = config
+        fn, names, self.kernels = _decoder(config)
+        gains = {n: np.asarray(gains[n], np.float32) for n in names}
+        if config.final_softcap is not None:
+            # cap * tanh(h @ E.T / cap): dividing the final norm's gain keeps the head a plain
+            # matmul on the shared embedding.
+            gains["final_norm.scale"] = gains["final_norm.scale"] / np.float32(config.final_softcap)
+        self.decoder = jax2tf.convert(fn, with_gradient=False, native_serialization_platforms=("cpu",))
+        self.gains = [tf.Variable(gains[n], trainable=False) for n in names]
+
+    def step(self, tokens, input_pos, caches, kernels_t, embed):
+        c = self.config
+        T = tokens.shape[1]
+        x = tf.gather(embed, tf.reshape(tokens, [T]))  # (T, D); becomes EMBEDDING_LOOKUP
+        x = tf.reshape(x * np.float32(math.sqrt(c.d_model)), [1, T, c.d_model])  # (B, T, D)
+        pairs = [(caches[2 * i], caches[2 * i + 1]) for i in range(c.num_layers)]
+        h, new = self.decoder(self.gains, list(kernels_t), x, input_pos, pairs)
+        if T > 1:  # logits of the last real token only: a [1, T, V] output would dwarf the model
+            last = tf.argmax(input_pos, output_type=tf.int32)
+            h = tf.slice(h, tf.stack([0, last, 0]), [1, 1, c.d_model])
+        logits = tf.matmul(tf.reshape(h, [1, c.d_model]), embed, transpose_b=True)  # (1, V)
+        if c.final_softcap is not None:
+            logits = tf.tanh(logits) * np.float32(c.final_softcap)
+        out = {"logits": tf.reshape(logits, [1, 1, c.vocab_size])}
+        for i, (k, v) in enumerate(new):
+            out[f"kv_cache_k_{i}"], out[f"kv_cache_v_{i}"] = k, v
+        return out
+
+    def signature(self, name: str, T: int, S: int):
+        c = self.config
+        cache = [1, c.num_kv_heads, S, c.head_dim]  # LiteRT-LM reads the context length from dim 2
+        specs = [tf.TensorSpec([1, T], tf.int32, name="tokens"),
+                 tf.TensorSpec([T], tf.int32, name="input_pos")]
+        specs += [tf.TensorSpec(cache, tf.float32, name=f"kv_cache_{kv}_{i}")
+                  for i in range(c.num_layers) for kv in "kv"]
+        specs += [tf.TensorSpec(s[::-1], tf.float32, name=n) for n, s in self.kernels.items()]  # (out, in)
+        specs.append(tf.TensorSpec([c.vocab_size, c.d_model], tf.float32, name="embed"))
+        n_cache, n_kernels = 2 * c.num_layers, len(self.kernels)
+
+        def fn(tokens, input_pos, *rest):
+            caches, kernels_t = rest[:n_cache], rest[n_cache:n_cache + n_kernels]
+            return self.step(tokens, input_pos, caches, kernels_t, rest[-1])
+
+        fn.__name__ = name  # the signature key
+        return tf.function(fn, input_signature=specs, autograph=False).get_concrete_function()
+
+
+def convert(config: ModelConfig, gains: Mapping[str, np.ndarray], *, seq_len: int, prefill_len: int) -> bytes:
+    """TFLite flatbuffer (builtin ops only) of the model with `gains` (its norm gains, float32,
+    named as in Nano) as constants and every weight as a signature input (see the module doc)."""
+    graph = _Graph(config, gains)
+    functions = [graph.signature("prefill", prefill_len, seq_len), graph.signature("decode", 1, seq_len)]
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(functions, graph)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    return converter.convert()

@@ -1,0 +1,147 @@
+"""`export_tflite`: a Nano Transformer -> one .tflite with `prefill` and `decode` signatures for
+LiteRT / LiteRT-LM, float32 or with Nano's own int4/int8 weights in the file (see export.graph for
+the signature layout and export.flatbuffer for the weight format).
+
+The graph is converted without its weights (they are signature inputs), then each weight is
+written into the file as it is given: memory is the conversion's (~0.9 GiB for nano1, whatever
+its weights) plus the weights as given and at most one stored copy of them; a quantized weight is
+never made float (converting the float model took ~10x its float32 size)."""
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from export import flatbuffer
+from export.graph import convert, is_weight
+from nano.atomic import atomic_file
+from nano.checkpoint import expected_shapes, flat_params
+from nano.config import ModelConfig
+from nano.errors import NanoError
+from nano.model import Transformer
+from quantize.int4 import QTensor, qrange
+
+# KV-cache length when the model allows it: every layer attends over all S positions (masked),
+# and nano1's float32 caches at 1024 take 21 x 2 x 1024 x 256 x 4 B = 44 MB.
+DEFAULT_SEQ_LEN = 1024
+DEFAULT_PREFILL_LEN = 128  # prefill chunk; LiteRT-LM pads shorter prompts and splits longer ones
+
+
+def default_lengths(config: ModelConfig, seq_len: int | None = None,
+                    prefill_len: int | None = None) -> tuple[int, int]:
+    """(seq_len, prefill_len), validated; defaults min(max_seq_len, 1024) and min(128, seq_len)."""
+    S = min(config.max_seq_len, DEFAULT_SEQ_LEN) if seq_len is None else seq_len
+    T = min(DEFAULT_PREFILL_LEN, S) if prefill_len is None else prefill_len
+    if not 1 <= S <= config.max_seq_len:
+        raise NanoError(f"seq_len {S} must be in [1, {config.max_seq_len}] (the model's max_seq_len); "
+                        "pass a smaller --seq-len")
+    if not 1 <= T <= S:
+        raise NanoError(f"prefill_len {T} must be in [1, seq_len={S}]; pass a smaller --prefill-len")
+    return S, T
+
+
+def _qtensor_shape(name: str, shape: tuple[int, ...]) -> tuple[int, int]:
+    """The (in, out) shape a QTensor must have: the kernel itself, or embed.T for the embedding."""
+    return (shape[1], shape[0]) if name == "embed" else shape
+
+
+def check_qtensors(shapes: Mapping[str, tuple[int, ...]], qtensors: Mapping[str, QTensor]) -> None:
+    """Refuse QTensors LiteRT cannot hold; `shapes` are the model's parameter shapes."""
+    for name, qt in qtensors.items():
+        if name not in shapes or not is_weight(name):
+            raise NanoError(f"qtensors: {name!r} is not a kernel or the embedding of this model; "
+                            "use names like 'layers.0.attn.q.kernel' or 'embed'")
+        want = _qtensor_shape(name, shapes[name])
+        if tuple(qt.q.shape) != want:
+            raise NanoError(f"{name}: QTensor codes have shape {tuple(qt.q.shape)}, expected {want} "
+                            "(in, out; the embedding is quantized as embed.T)")
+        if not qt.symmetric:
+            raise NanoError(f"{name}: asymmetric QTensor; LiteRT int4/int8 weights are symmetric, "
+                            "quantize with symmetric=True")
+        if qt.bits not in (4, 8) or (qt.bits == 8 and qt.group is not None):
+            raise NanoError(f"{name}: {qt.bits}-bit with group {qt.group} is not supported; "
+                            "use 4 bits (per channel or grouped) or 8 bits per channel (group=None)")
+        lo, hi = qrange(qt.bits, True)
+        if qt.q.size and (qt.q.min() < lo or qt.q.max() > hi):
+            raise NanoError(f"{name}: codes outside [{lo}, {hi}] for {qt.bits} bits; clip the codes")
+        if qt.group is not None and (qt.group <= 0 or want[0] % qt.group):
+            raise NanoError(f"{name}: group {qt.group} does not divide the input width {want[0]}; "
+                            "quantize with a group that does, or group=None")
+        groups = 1 if qt.group is None else want[0] // qt.group
+        if qt.scale.shape != (groups, want[1]):
+            raise NanoError(f"{name}: scale shape {qt.scale.shape} does not match group {qt.group} "
+                            f"of a {want} weight; expected {(groups, want[1])}")
+        if not np.all(np.isfinite(qt.scale)) or np.any(qt.scale < 0):
+            raise NanoError(f"{name}: scales must be finite and >= 0 (negative ones come from "
+                            "convention='q4_0'); quantize with convention='max7'")
+        if qt.group is not None:
+            flatbuffer.blockwise_scales(name, qt)  # refuse before the slow conversion
+
+
+def check_params(config: ModelConfig, floats: Mapping[str, np.ndarray], qtensors: Mapping[str, QTensor],
+                 *, source: str | None = None) -> None:
+    """Every parameter of `config` exactly once, in `floats` (model layout) or `qtensors`;
+    errors start with `source` (the file they came from) when given."""
+    at = f"{source}: " if source else ""
+    shapes = expected_shapes(config)
+    try:
+        check_qtensors(shapes, qtensors)
+    except NanoError as e:
+        raise NanoError(f"{at}{e}") from None
+    given = [*floats, *qtensors]
+    missing, extra = sorted(set(shapes) - set(given)), sorted(set(given) - set(shapes))
+    twice = sorted(set(floats) & set(qtensors))
+    if missing or extra or twice:
+        what = (f"missing tensor {missing[0]!r}" if missing else f"unexpected tensor {extra[0]!r}" if extra
+                else f"tensor {twice[0]!r} given both as float and quantized")
+        raise NanoError(f"{at}{what} for model {config.name!r}; pass each parameter once")
+    for name, w in floats.items():
+        if tuple(w.shape) != shapes[name]:
+            raise NanoError(f"{at}tensor {name!r} has shape {tuple(w.shape)}, model {config.name!r} "
+                            f"expects {shapes[name]}")
+
+
+def export_params(config: ModelConfig, out: str | Path, *, floats: Mapping[str, np.ndarray],
+                  qtensors: Mapping[str, QTensor], seq_len: int | None = None,
+                  prefill_len: int | None = None, source: str | None = None) -> Path:
+    """Write `out` (.tflite) from the model's parameters: `qtensors` (Nano names -> QTensors of
+    the (in, out) kernel, of embed.T for the embedding) stored as INT4/INT8, every other
+    parameter from `floats` (model layout) as float32; `source` (a checkpoint) starts error
+    messages. No float copy of a quantized weight is ever made."""
+    S, T = default_lengths(config, seq_len, prefill_len)
+    check_params(config, floats, qtensors, source=source)
+    gains = {k: v for k, v in floats.items() if not is_weight(k)}
+    tfl = flatbuffer.load(convert(config, gains, seq_len=S, prefill_len=T))
+    weights: dict[str, flatbuffer.Weight] = dict(qtensors)
+    for name, w in floats.items():
+        if is_weight(name):  # kernels as (out, in) views: the writer copies one tensor at a time
+            w = np.asarray(w, np.float32)
+            weights[name] = w if name == "embed" else w.T
+    flatbuffer.place_weights(tfl, weights)
+    with atomic_file(out) as f:
+        flatbuffer.write(tfl, f)
+    return Path(out)
+
+
+def export_tflite(model: Transformer, out: str | Path, *, seq_len: int | None = None,
+                  prefill_len: int | None = None,
+                  qtensors: Mapping[str, QTensor] | None = None) -> Path:
+    """Write `out` (.tflite): float32, or with the weights in `qtensors` as INT4/INT8 tensors.
+
+    `qtensors` maps Nano parameter names (`layers.3.attn.q.kernel`, `embed`) to QTensors of the
+    (in, out) kernel (of embed.T for the embedding); other weights stay float32. The file holds
+    exactly those codes and scales, so it computes what the dequantized model does, up to the
+    on-the-fly int8 quantization of activations in LiteRT's dynamic-range kernels.
+    """
+    qtensors = dict(qtensors or {})
+    floats = {k: v for k, v in flat_params(model).items() if k not in qtensors}
+    return export_params(model.config, out, floats=floats, qtensors=qtensors, seq_len=seq_len,
+                         prefill_len=prefill_len)
+
+
+def read_qtensors(path: str | Path) -> dict[str, QTensor]:
+    """The INT4/INT8 weights stored in an exported .tflite, as QTensors keyed by Nano name."""
+    path = Path(path)
+    if not path.is_file():
+        raise NanoError(f"{path}: no such .tflite file; export one with export_tflite")
+    return flatbuffer.read_quantized(flatbuffer.load(path.read_bytes()))

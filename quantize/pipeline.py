@@ -1,0 +1,218 @@
+"""Quantize a whole model by a recipe: the calibrated, layer-by-layer driver.
+
+Order (GPTQ's sequential scheme): the embedding first when its method needs no activations
+(its rounding then shows in every later layer's inputs), then block by block -- measure the
+block's input moments with all earlier blocks quantized, apply AWQ's scalings to the float
+weights, quantize every linear layer of the block, run the quantized block to get the next
+block's inputs -- and last the embedding when it is GPTQ'd as the LM head.
+
+AWQ folds ``1/s`` into the op before each linear layer so the network's function is unchanged
+before rounding: the pre-attention / pre-MLP RMSNorm gains (for q/k/v and gate/up), the `up`
+kernel's columns (for `down`) and the `v` kernel's columns (for `o`; with grouped or multi-query
+attention the query heads sharing a KV head share one scale, which the saliency is averaged to).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from flax import nnx
+
+from nano.errors import NanoError
+from nano.model import Transformer
+
+from .awq import search_scales_from_moments
+from .calibrate import SITE_OF, Activations
+from .gptq import GPTQ
+from .int4 import QTensor, check_args, dequantize, quantize
+from .mse import quantize_mse
+from .recipe import Recipe, TensorSpec, quantizable
+from .stats import InputStats
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclasses.dataclass
+class QuantizedModel:
+    qtensors: dict[str, QTensor]  # parameter name -> codes of its (in, out) matrix (embed: embed.T)
+    floats: dict[str, np.ndarray]  # every parameter left in float (norm gains, "float" overrides)
+    report: dict[str, dict[str, Any]]  # per quantized tensor: method, errors, seconds
+    seconds: float
+    forward_seconds: float  # calibration forward passes (moments, block outputs)
+
+
+def _get(model: Transformer, name: str):
+    node = model
+    for part in name.split("."):
+        node = node[int(part)] if part.isdigit() else getattr(node, part)
+    return node
+
+
+def _read(model: Transformer, name: str) -> np.ndarray:
+    return np.asarray(_get(model, name)[...], np.float32)
+
+
+def _write(model: Transformer, name: str, value: np.ndarray) -> None:
+    param = _get(model, name)
+    param[...] = jnp.asarray(value, param[...].dtype)
+
+
+def _matrix(model: Transformer, name: str) -> np.ndarray:
+    w = _read(model, name)
+    return w.T if name == "embed" else w
+
+
+def _set_matrix(model: Transformer, name: str, m: np.ndarray) -> None:
+    _write(model, name, m.T if name == "embed" else m)
+
+
+def plan(model: Transformer, recipe: Recipe) -> dict[str, TensorSpec]:
+    """Spec of every parameter to quantize, checked against its shape before any work starts."""
+    specs = {}
+    for path, param in _params(model):
+        spec = recipe.spec_for(path)
+        if spec is None or not quantizable(path, param.shape):
+            continue
+        n_in = param.shape[1] if path == "embed" else param.shape[0]
+        check_args(np.zeros((n_in, 1), np.float32), spec.bits, spec.group, path)  # group divides width
+        if spec.bits == 4 and n_in % 2:
+            raise NanoError(f"'{path}': int4 needs an even input width, got {n_in}; give it bits 8 in the recipe")
+        if path == "embed" and spec.method == "awq":
+            raise NanoError("recipe: awq cannot scale the tied embedding (the lookup would change too); "
+                            "use rtn, mse or gptq for 'embed'")
+        specs[path] = spec
+    return specs
+
+
+def _params(model: Transformer):
+    for path, leaf in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        yield ".".join(str(p) for p in path), leaf
+
+
+def _solve(name: str, w: np.ndarray, spec: TensorSpec, recipe: Recipe, stats: InputStats | None,
+           scale_dtype) -> QTensor:
+    kw = dict(bits=spec.bits, group=spec.group, symmetric=spec.symmetric, scale_dtype=scale_dtype, name=name)
+    if spec.method == "gptq":
+        return GPTQ.from_stats(stats).solve(w, damp=recipe.damp, act_order=recipe.act_order,
+                                            clip_steps=recipe.clip_steps, **kw)
+    if spec.method == "mse":
+        return quantize_mse(w, steps=recipe.mse_steps, **kw)
+    if spec.method == "awq" and recipe.clip_steps > 1:  # after its scaling, clip like the reference
+        return quantize_mse(w, steps=recipe.clip_steps, **kw)
+    return quantize(w, **kw)  # rtn
+
+
+def _awq_scales(model: Transformer, prefix: str, site: str, names: list[str], specs: dict[str, TensorSpec],
+                stats: InputStats, recipe: Recipe, scale_dtype) -> np.ndarray:
+    """One joint scale for the AWQ layers reading ``site`` (their columns concatenated)."""
+    kinds = {(specs[n].bits, specs[n].group, specs[n].symmetric) for n in names}
+    if len(kinds) > 1:
+        raise NanoError(f"recipe: AWQ layers {', '.join(names)} share one input and so one scale; "
+                        "give them the same bits, group and symmetric")
+    bits, group, symmetric = kinds.pop()
+    w = np.concatenate([_matrix(model, n) for n in names], axis=1)
+    abs_mean = stats.abs_mean
+    if site == "o":  # query heads of one KV head must share a scale: it folds into v's columns
+        c = model.config
+        abs_mean = np.repeat(abs_mean.reshape(c.num_kv_heads, -1, c.head_dim).mean(axis=1, keepdims=True),
+                             c.num_heads // c.num_kv_heads, axis=1).reshape(-1)
+    s, _ = search_scales_from_moments(w, stats.gram, abs_mean, bits=bits, group=group, symmetric=symmetric,
+                                      grid=recipe.awq_grid, scale_dtype=scale_dtype, name=f"{prefix}{site}")
+    return s.astype(np.float64)
+
+
+def _fold(model: Transformer, prefix: str, site: str, s: np.ndarray) -> None:
+    """Multiply the site's kernels' rows by s and divide the op before them by s."""
+    for lin, st in SITE_OF.items():
+        if st == site:
+            name = f"{prefix}{lin}.kernel"
+            _write(model, name, _read(model, name) * s[:, None])
+    if site in ("qkv", "gate_up"):
+        norm = f"{prefix}{'pre_attn_norm' if site == 'qkv' else 'pre_mlp_norm'}.scale"
+        _write(model, norm, _read(model, norm) / s)
+    elif site == "down":
+        name = f"{prefix}mlp.up.kernel"
+        _write(model, name, _read(model, name) / s[None, :])
+    else:  # o: its input channel (k*G + g)*H + h reads v's output channel k*H + h
+        c = model.config
+        s_v = s.reshape(c.num_kv_heads, -1, c.head_dim)[:, 0, :].reshape(-1)
+        name = f"{prefix}attn.v.kernel"
+        _write(model, name, _read(model, name) / s_v[None, :])
+
+
+def quantize_model(model: Transformer, recipe: Recipe, calib: np.ndarray | None = None, *,
+                   batch: int = 8, scale_dtype=ml_dtypes.bfloat16, progress: Progress | None = None) -> QuantizedModel:
+    """Quantize ``model`` in place (its weights become the dequantized values) by ``recipe``.
+
+    ``calib``: (rows, T) token ids, needed when any tensor's method is gptq or awq.
+    ``scale_dtype``: scales are rounded to it before codes are chosen (bf16: what the
+    quantized checkpoint stores and LiteRT's blockwise int4 accepts).
+    """
+    start = time.perf_counter()
+    specs = plan(model, recipe)
+    calibrated = any(s.method in ("gptq", "awq") for s in specs.values())
+    if calibrated and (calib is None or len(calib) == 0):
+        raise NanoError("gptq/awq need calibration text; pass --calib (a prepared data dir or text files)")
+    qtensors: dict[str, QTensor] = {}
+    report: dict[str, dict[str, Any]] = {}
+    report_progress = progress or (lambda *a: None)
+
+    def finish(name: str, spec: TensorSpec, stats: InputStats | None, w: np.ndarray, t0: float) -> None:
+        qt = _solve(name, w, spec, recipe, stats, scale_dtype)
+        wh = dequantize(qt)
+        _set_matrix(model, name, wh)
+        qtensors[name] = qt
+        norm = float(np.linalg.norm(w))
+        report[name] = {"method": spec.method, "bits": spec.bits, "group": spec.group,
+                        "symmetric": spec.symmetric,
+                        "weight_rel_err": float(np.linalg.norm(w - wh)) / norm if norm else 0.0,
+                        "output_rel_err": None if stats is None else stats.output_error(w, wh),
+                        "seconds": round(time.perf_counter() - t0, 3)}
+
+    embed = specs.get("embed")
+    if embed is not None and embed.method != "gptq":  # its rounding reaches every layer's inputs
+        t0 = time.perf_counter()
+        finish("embed", embed, None, _matrix(model, "embed"), t0)
+
+    acts = Activations(model, np.asarray(calib), batch=batch) if calibrated else None
+    forward = 0.0
+    n_layers = len(model.layers)
+    for i, block in enumerate(model.layers):
+        prefix = f"layers.{i}."
+        names = [f"{prefix}{lin}.kernel" for lin in SITE_OF if f"{prefix}{lin}.kernel" in specs]
+        stats: dict[str, InputStats] = {}
+        if acts is not None and any(specs[n].method in ("gptq", "awq") for n in names):
+            t0 = time.perf_counter()
+            stats = acts.block_stats(block)
+            forward += time.perf_counter() - t0
+        for site in ("o", "qkv", "down", "gate_up"):  # o before qkv, down before gate_up: see _fold
+            awq = [n for n in names if SITE_OF[n[len(prefix):-len(".kernel")]] == site
+                   and specs[n].method == "awq"]
+            if awq:
+                s = _awq_scales(model, prefix, site, awq, specs, stats[site], recipe, scale_dtype)
+                _fold(model, prefix, site, s)
+                stats[site] = stats[site].rescaled(s)
+        for name in names:
+            t0 = time.perf_counter()
+            site = SITE_OF[name[len(prefix):-len(".kernel")]]
+            finish(name, specs[name], stats.get(site), _matrix(model, name), t0)
+        last = i + 1 == n_layers
+        if acts is not None and (not last or (embed is not None and embed.method == "gptq")):
+            t0 = time.perf_counter()
+            acts.advance(block)
+            forward += time.perf_counter() - t0
+        report_progress("quantizing layers", i + 1, n_layers)
+
+    if embed is not None and embed.method == "gptq":
+        t0 = time.perf_counter()
+        finish("embed", embed, acts.head_stats(model), _matrix(model, "embed"), t0)
+
+    floats = {name: np.asarray(leaf[...]) for name, leaf in _params(model) if name not in qtensors}
+    return QuantizedModel(qtensors=qtensors, floats=floats, report=report,
+                          seconds=time.perf_counter() - start, forward_seconds=forward)

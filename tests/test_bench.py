@@ -1,0 +1,145 @@
+"""benchmarks/bench*: the `nano bench` harness on a tiny random model: the JSON it returns, the
+CompiledModel runner's in-place KV cache against the Interpreter, the bandwidth figure, the
+adb error, and bad input. Timings are only checked to be positive: the machine is shared."""
+
+import json
+import os
+import stat
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from benchmarks import bench_android
+from benchmarks.bench import _model_files, format_report, plot, run_bench
+from benchmarks.bench_core import memory_bandwidth
+from benchmarks.bench_litert import CompiledLM, read_layout
+from export.litertlm import llm_metadata, write_litertlm
+from export.runtime import LiteRTModel
+from export.tflite import export_tflite
+from nano.checkpoint import flat_params
+from nano.config import get_preset
+from nano.errors import NanoError
+from nano.gguf_io import write_gguf
+from nano.model import Transformer
+
+TINY = get_preset("tiny")  # seq_len 64
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, tiny_tokenizer):
+    root = tmp_path_factory.mktemp("bench")
+    model = Transformer(TINY, rngs=nnx.Rngs(0))
+    tflite = export_tflite(model, root / "tiny.tflite", prefill_len=8)
+    tiny_tokenizer.save(root / "tokenizer.model")
+    meta = llm_metadata(start_id=tiny_tokenizer.bos_id, stop_ids=tiny_tokenizer.stop_ids(), max_tokens=64)
+    bundle = write_litertlm(root / "tiny.litertlm", tflite=tflite, tokenizer=root / "tokenizer.model", metadata=meta)
+    gguf = write_gguf(root / "tiny-q4_0.gguf", flat_params(model), TINY, tiny_tokenizer, weight_type="q4_0")
+    return {"root": root, "tflite": tflite, "litertlm": bundle, "gguf": gguf}
+
+
+def test_run_bench_reports_every_runtime(files):
+    r = run_bench(files["tflite"], threads=2, prompt_lens=(8, 20), decode_tokens=6, repeats=1,
+                  compare_llamacpp=files["gguf"], bandwidth_mib=16)
+    json.dumps(r)  # JSON-ready as is
+    assert r["model"]["seq_len"] == 64 and r["model"]["prefill_len"] == 8 and r["model"]["vocab"] == TINY.vocab_size
+    assert r["model"]["litertlm"] == str(files["litertlm"])  # the bundle beside the .tflite is found
+    assert r["machine"]["bandwidth_gb_s"] > 0 and r["settings"]["threads"] == 2
+    assert set(r["runtimes"]) == {"litert_compiled", "litert_lm", "llama_cpp"}
+    for name, e in r["runtimes"].items():
+        assert [row["prompt_len"] for row in e["rows"]] == [8, 20], name
+        assert e["peak_rss_bytes"] >= e["baseline_rss_bytes"] > 0 and e["file_bytes"] > 0
+        for row in e["rows"]:
+            assert row["ttft_ms"] > 0 and row["prefill_tok_s"] > 0 and row["decode_tok_s"] > 0
+            assert 0 < row["fraction_of_limit"] and row["bandwidth_limit_tok_s"] > 0
+    for name in ("litert_compiled", "llama_cpp"):
+        for row in r["runtimes"][name]["rows"]:
+            assert row["decode_ms_p90"] >= row["decode_ms_median"] and row["decode_steps"] == 6
+    assert r["runtimes"]["litert_compiled"]["load_s_warm"] > 0
+    assert r["runtimes"]["llama_cpp"]["weight_bytes"] < r["runtimes"]["litert_compiled"]["weight_bytes"]
+    speedups = r["speedup_vs_llama_cpp"]
+    assert set(speedups) == {"litert_compiled", "litert_lm"}
+    assert all(s["decode"] > 0 and s["ttft"] > 0 for rows in speedups.values() for s in rows)
+    assert "litert_compiled vs llama.cpp" in format_report(r)
+    png = plot(r, files["root"] / "bench.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compiled_model_keeps_the_kv_cache_in_place(files):
+    """Same tokens, same logits as the Interpreter's copy-in/copy-out runner: a 2-chunk prompt,
+    then a 60-token prompt whose tail runs token by token, up to the last cache position."""
+    ref, lm = LiteRTModel(files["tflite"]), CompiledLM(files["tflite"], threads=2)
+    rng = np.random.default_rng(1)
+    for prompt in (rng.integers(4, TINY.vocab_size, 11).tolist(), rng.integers(4, TINY.vocab_size, 60).tolist()):
+        ref.reset()
+        lm.reset()
+        want, got = [ref.prefill(prompt)], [lm.prefill(prompt)]
+        while ref.pos < ref.seq_len and len(want) < 13:
+            token = int(np.argmax(want[-1]))
+            want.append(ref.decode(token))
+            got.append(lm.decode(token))
+        np.testing.assert_allclose(np.stack(got), np.stack(want), rtol=0, atol=1e-5)
+    with pytest.raises(NanoError, match="context full"):
+        lm.decode(1)
+    lm.close()
+
+
+def test_litertlm_input_runs_its_own_tflite(files, tmp_path):
+    tflite, bundle = _model_files(files["litertlm"], tmp_path)
+    assert bundle == files["litertlm"] and tflite.read_bytes() == files["tflite"].read_bytes()
+
+
+def test_memory_bandwidth_is_positive():
+    bw = memory_bandwidth(threads=2, mib=8, runs=2)
+    assert bw["bandwidth_gb_s"] == max(bw["read_gb_s"], bw["copy_gb_s"]) > 0
+
+
+def test_no_adb_device_is_a_clear_error(files, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no adb at all
+    with pytest.raises(NanoError, match=r"no adb device: adb is not on PATH; install platform-tools"):
+        run_bench(files["tflite"], prompt_lens=(8,), decode_tokens=2, repeats=1, android=True)
+    adb = tmp_path / "adb"  # adb present, nothing attached (an unauthorized phone does not count)
+    adb.write_text("#!/bin/sh\nprintf 'List of devices attached\\nR5CT1 unauthorized\\n\\n'\n")
+    adb.chmod(adb.stat().st_mode | stat.S_IEXEC)
+    with pytest.raises(NanoError, match=r"no adb device attached .*connect a device .*start an emulator"):
+        bench_android.pick_device()
+
+
+def test_litert_lm_phone_output_is_parsed():
+    text = ("BenchmarkInfo:\n  Time to first token: 0.12 s\n    Prefill Turn 1: Processed 128 tokens in 80ms duration.\n"
+            "      Prefill Speed: 1600.50 tokens/sec.\n    Decode Turn 1: Processed 128 tokens in 1.6s duration.\n"
+            "      Decode Speed: 80.25 tokens/sec.\n")
+    assert bench_android.parse_litert_lm(text) == {"ttft_ms": 120.0, "prefill_tok_s": 1600.5, "decode_tok_s": 80.25}
+    with pytest.raises(NanoError, match="no benchmark speeds"):
+        bench_android.parse_litert_lm("Segmentation fault")
+
+
+def test_bad_input_is_refused(files, tmp_path):
+    import tensorflow as tf  # already loaded by the export fixture
+
+    add = tf.function(lambda x: {"y": x + 1.0}, input_signature=[tf.TensorSpec([2], tf.float32)])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([add.get_concrete_function()], add)
+    plain = tmp_path / "plain.tflite"
+    plain.write_bytes(converter.convert())
+    junk = tmp_path / "junk.tflite"
+    junk.write_bytes(b"not a flatbuffer at all")
+    cases = {
+        "no such model file": dict(model_path=tmp_path / "missing.tflite"),
+        "not a .tflite flatbuffer": dict(model_path=junk),
+        "no prefill / decode signature": dict(model_path=plain),
+        "expected a .tflite or .litertlm": dict(model_path=files["gguf"]),
+        "exceeds the KV cache of 64 positions": dict(model_path=files["tflite"], prompt_lens=(60,), decode_tokens=8),
+        "no such GGUF file": dict(model_path=files["tflite"], compare_llamacpp=tmp_path / "missing.gguf"),
+        "prompt_lens": dict(model_path=files["tflite"], prompt_lens=()),
+        "repeats must be >= 1": dict(model_path=files["tflite"], repeats=0),
+    }
+    for message, kwargs in cases.items():
+        with pytest.raises(NanoError, match=message):
+            run_bench(**kwargs)
+    with pytest.raises(NanoError, match="no prefill / decode signature"):
+        read_layout(plain)
+    bad_gguf = tmp_path / "bad.gguf"  # fails inside llama.cpp's child process: the message comes back
+    bad_gguf.write_bytes(b"GGUF" + os.urandom(64))
+    with pytest.raises(NanoError, match="llama.cpp cannot load it"):
+        run_bench(files["tflite"], prompt_lens=(8,), decode_tokens=2, repeats=1, compare_llamacpp=bad_gguf,
+                  bandwidth_mib=8)

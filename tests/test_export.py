@@ -1,0 +1,181 @@
+"""export/: a tiny random model exported to .tflite runs in LiteRT's Interpreter like the JAX
+model (prefill + 8 decode steps with the KV cache fed back), with builtin ops only and an
+EMBEDDING_LOOKUP; int4/int8 weights are stored bit-exactly and run as the dequantized model."""
+
+import dataclasses
+
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+from ai_edge_litert import schema_py_generated as schema
+from ai_edge_litert.tools import flatbuffer_utils
+from flax import nnx
+
+from export import flatbuffer
+from export.runtime import LiteRTModel
+from export.tflite import export_tflite, read_qtensors
+from nano.checkpoint import flat_params, model_from_flat
+from nano.config import get_preset
+from nano.errors import NanoError
+from nano.model import Transformer, init_cache
+from quantize.int4 import dequantize, quantize
+
+PROMPT = [2, 17, 300, 42, 7]
+STEPS = 8
+
+TINY = get_preset("tiny")  # Gemma 3 style: QK-norm, GQA 4/2, window 8, 5 local + 1 global
+# Gemma 2 style; small caps so both tanh soft-caps are far from linear on a random model.
+TINY_G2 = dataclasses.replace(TINY, name="tiny_g2", qk_norm=False, attn_pattern=2,
+                              attn_softcap=2.0, final_softcap=3.0)
+
+
+def reference(model, prompt, steps=STEPS):
+    """JAX logits (V,) after the prompt and after each of `steps` greedy tokens."""
+    cache = init_cache(model.config, length=model.config.max_seq_len)
+    logits, cache = model(jnp.array([prompt]), cache=cache, start=0)
+    out = [np.asarray(logits[0, -1])]
+    for pos in range(len(prompt), len(prompt) + steps):
+        token = int(np.argmax(out[-1]))
+        logits, cache = model(jnp.array([[token]]), cache=cache, start=pos)
+        out.append(np.asarray(logits[0, -1]))
+    return out
+
+
+def run_litert(path, prompt, ref_logits):
+    """LiteRT logits on the same path, fed the reference's greedy tokens (teacher forcing)."""
+    m = LiteRTModel(path)
+    out = [m.prefill(prompt)]
+    for ref in ref_logits[:-1]:
+        out.append(m.decode(int(np.argmax(ref))))
+    return out
+
+
+def max_diff(a, b):
+    return max(float(np.abs(x - y).max()) for x, y in zip(a, b))
+
+
+def quantized(model, group, *, embed_bits=4):
+    """QTensors for every kernel and the embedding; blockwise scales rounded to bf16 (LiteRT stores them so)."""
+    qts = {}
+    for name, w in flat_params(model).items():
+        if name == "embed" or name.endswith(".kernel"):
+            bits = embed_bits if name == "embed" else 4
+            qt = quantize(w.T if name == "embed" else w, bits=bits, group=None if bits == 8 else group)
+            if qt.group is not None:
+                qt = dataclasses.replace(qt, scale=qt.scale.astype(ml_dtypes.bfloat16).astype(np.float32))
+            q = qt.q.copy()
+            q[0, 0] = -(2 ** (bits - 1))  # legal, never made by round-to-nearest (GPTQ/MSE may)
+            qts[name] = dataclasses.replace(qt, q=q)
+    return qts
+
+
+def dequantized_model(model, qts):
+    params = flat_params(model)
+    for name, qt in qts.items():
+        params[name] = dequantize(qt).T if name == "embed" else dequantize(qt)
+    return model_from_flat(model.config, params, source="test")
+
+
+@pytest.fixture(scope="module", params=[TINY, TINY_G2], ids=["gemma3", "gemma2"])
+def float_export(request, tmp_path_factory):
+    model = Transformer(request.param, rngs=nnx.Rngs(0))
+    path = export_tflite(model, tmp_path_factory.mktemp("f") / "model.tflite", prefill_len=16)
+    return model, path
+
+
+def test_float_logits_match_jax(float_export):
+    model, path = float_export
+    ref = reference(model, PROMPT)
+    assert max_diff(run_litert(path, PROMPT, ref), ref) <= 1e-4
+
+
+def test_prompt_over_several_chunks_and_the_window(float_export):
+    model, path = float_export
+    prompt = [int(t) for t in np.random.default_rng(1).integers(0, model.config.vocab_size, 21)]
+    ref = reference(model, prompt, steps=3)  # 16 + 5 prompt tokens: two prefill chunks, window 8
+    assert max_diff(run_litert(path, prompt, ref), ref) <= 1e-4
+
+
+def test_graph_ops_signatures_and_one_embedding(float_export):
+    model, path = float_export
+    c = model.config
+    tfl = flatbuffer.load(path.read_bytes())
+    ops = flatbuffer.op_names(tfl)
+    assert "EMBEDDING_LOOKUP" in ops and "FULLY_CONNECTED" in ops
+    assert not ops & {"GATHER_ND", "GATHER", "CUSTOM", "DEQUANTIZE"}
+    embed_bytes = c.vocab_size * c.d_model * 4
+    sizes = [len(b.data) for b in tfl.buffers if b.data is not None]
+    assert sizes.count(embed_bytes) == 1  # lookup and tied head share it; no soft-cap copy
+    # prefill and decode read one set of weights: the file holds one float copy of the model
+    n_params = sum(v.size for v in flat_params(model).values())
+    assert sum(sizes) < 1.05 * 4 * n_params
+    fc = [i for i, code in enumerate(tfl.operatorCodes)
+          if flatbuffer_utils.get_builtin_code_from_operator_code(code) == schema.BuiltinOperator.FULLY_CONNECTED]
+    weights = [sorted(sg.tensors[op.inputs[1]].buffer for op in sg.operators if op.opcodeIndex in fc)
+               for sg in tfl.subgraphs]
+    assert len(set(weights[0])) == 7 * c.num_layers + 1 and weights[0] == weights[1]  # 7 kernels a layer, head
+    m = LiteRTModel(path)
+    cache = [1, c.num_kv_heads, c.max_seq_len, c.head_dim]  # dim 2: LiteRT-LM's context length
+    for name, T in (("prefill", 16), ("decode", 1)):
+        runner = m.interpreter.get_signature_runner(name)
+        ins, outs = runner.get_input_details(), runner.get_output_details()
+        caches = [f"kv_cache_{kv}_{i}" for i in range(c.num_layers) for kv in "kv"]
+        assert sorted(ins) == sorted(["tokens", "input_pos", *caches])  # weights are constants, not inputs
+        assert list(ins["tokens"]["shape"]) == [1, T] and list(ins["input_pos"]["shape"]) == [T]
+        assert list(outs["logits"]["shape"]) == [1, 1, c.vocab_size]
+        for i in range(c.num_layers):
+            for kv in "kv":
+                assert list(ins[f"kv_cache_{kv}_{i}"]["shape"]) == cache
+                assert list(outs[f"kv_cache_{kv}_{i}"]["shape"]) == cache
+
+
+@pytest.mark.parametrize("group, embed_bits", [(32, 4), (None, 8)], ids=["int4-g32", "int4-channel+int8-embed"])
+def test_quantized_export(tmp_path, group, embed_bits):
+    model = Transformer(TINY, rngs=nnx.Rngs(0))
+    qts = quantized(model, group, embed_bits=embed_bits)
+    path = export_tflite(model, tmp_path / "q.tflite", prefill_len=16, qtensors=qts)
+
+    # The file holds exactly the given codes and scales, as INT4/INT8 tensors without DEQUANTIZE.
+    back = read_qtensors(path)
+    assert sorted(back) == sorted(qts)
+    for name, qt in qts.items():
+        b = back[name]
+        assert (b.bits, b.group) == (qt.bits, qt.group)
+        np.testing.assert_array_equal(b.q, qt.q)
+        np.testing.assert_array_equal(b.scale, qt.scale)
+    tfl = flatbuffer.load(path.read_bytes())
+    assert "DEQUANTIZE" not in flatbuffer.op_names(tfl)
+    stored = sum(len(b.data) for b in tfl.buffers if b.data is not None)
+    assert stored < 0.3 * 4 * sum(v.size for v in flat_params(model).values())  # no float copies left
+
+    # It computes the dequantized model up to LiteRT's on-the-fly int8 quantization of
+    # activations (measured ~0.1 on logits of magnitude ~5). The bound must stay well below the
+    # effect of quantizing the weights at all, or a misplaced code or scale could pass.
+    ref = reference(dequantized_model(model, qts), PROMPT)
+    got = run_litert(path, PROMPT, ref)
+    tol = 0.3
+    assert max_diff(ref, reference(model, PROMPT)) > 3 * tol
+    assert max_diff(got, ref) <= tol
+    for g, r in zip(got, ref):  # greedy tokens agree wherever the reference is not a near tie
+        top2 = np.sort(r)[-2:]
+        if top2[1] - top2[0] > 2 * tol:
+            assert np.argmax(g) == np.argmax(r)
+
+
+def test_bad_arguments(tmp_path):
+    model = Transformer(TINY, rngs=nnx.Rngs(0))
+    w = flat_params(model)["layers.0.attn.q.kernel"]
+    qt = quantize(w, bits=4, group=32)
+    cases = {
+        "not a kernel": ({"layers.0.attn.q": qt}, {}),
+        "shape": ({"layers.0.attn.k.kernel": qt}, {}),
+        "asymmetric": ({"layers.0.attn.q.kernel": quantize(w, bits=4, group=32, symmetric=False)}, {}),
+        "bfloat16": ({"layers.0.attn.q.kernel": dataclasses.replace(qt, scale=qt.scale * np.float32(1.001))}, {}),
+        "seq_len": (None, {"seq_len": 4096}),
+        "prefill_len": (None, {"prefill_len": 65}),
+    }
+    for why, (qts, kw) in cases.items():
+        with pytest.raises(NanoError):
+            export_tflite(model, tmp_path / "x.tflite", qtensors=qts, **kw)
+    assert not (tmp_path / "x.tflite").exists()
