@@ -40,11 +40,9 @@ NANO_ROWS = [  # (label, method, embed spec)
     ("nano rtn", "rtn", "int8"),
     ("nano mse", "mse", "int8"),
     ("nano gptq, embed int4 mse", "gptq", "int4-mse"),
-    ("nano gptq, embed int4 gptq", "gptq", "int4-gptq"),
 ]
 EMBED = {"int8": {"method": "rtn", "bits": 8, "group": None},
-         "int4-mse": {"method": "mse", "bits": 4, "group": 32},
-         "int4-gptq": {"method": "gptq", "bits": 4, "group": 32}}
+         "int4-mse": {"method": "mse", "bits": 4, "group": 32}}
 LLAMA_ROWS = [  # (label, ftype, embed type, pure, embed bits class)
     ("llama.cpp Q4_0 (pure)", "Q4_0", None, True),
     ("llama.cpp Q4_0, embed Q8_0", "Q4_0", "Q8_0", False),
