@@ -17,7 +17,7 @@ import optax
 from flax import nnx
 
 from distill.mesh import batch_sharding, make_mesh, replicated, tree_shardings
-from nano.checkpoint import load_checkpoint, load_meta, load_tokenizer, save_checkpoint, write_json
+from nano.checkpoint import load_checkpoint, load_meta, load_tokenizer, read_json, save_checkpoint, write_json
 from nano.config import get_preset
 from nano.errors import NanoError
 from nano.eval import chunked_nll, evaluate
@@ -81,13 +81,7 @@ class TrainConfig:
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
         """A JSON config file (reproducible runs), then `overrides`; unknown keys are errors."""
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise NanoError(f"{path}: config file not found") from None
-        except json.JSONDecodeError as e:
-            raise NanoError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+        data = read_json(path, missing=f"{path}: config file not found")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:

@@ -127,6 +127,17 @@ def load_tokenizer(ckpt: str | Path):
     return Tokenizer.load(path)
 
 
+def read_json(path: str | Path, *, missing: str, fix: str = "") -> Any:
+    """Parse a JSON file; a missing file raises NanoError(``missing``), bad JSON names the line."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise NanoError(missing) from None
+    except json.JSONDecodeError as e:
+        raise NanoError(f"{path}: invalid JSON ({e.msg} at line {e.lineno}){'; ' + fix if fix else ''}") from None
+
+
 def write_json(path: str | Path, data: Any) -> None:
     with atomic_file(path, "w") as f:
         json.dump(data, f, indent=2, default=str)

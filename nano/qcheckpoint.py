@@ -32,7 +32,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from nano.atomic import atomic_dir
-from nano.checkpoint import CONFIG, META, QUANT, TOKENIZER, WEIGHTS
+from nano.checkpoint import CONFIG, META, QUANT, TOKENIZER, WEIGHTS, read_json
 from nano.errors import NanoError
 from quantize.int4 import QTensor, dequantize
 from quantize.pack import pack_int4, unpack_int4
@@ -117,12 +117,8 @@ def save_quantized(out: str | Path, *, config, float_params: Mapping[str, np.nda
 
 def read_manifest(ckpt: str | Path) -> dict[str, Any]:
     path = Path(ckpt) / QUANT
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise NanoError(f"{ckpt}: not a quantized checkpoint (no {QUANT}); make one with `nano quantize`") from None
-    except json.JSONDecodeError as e:
-        raise NanoError(f"{path}: invalid JSON ({e.msg} at line {e.lineno}); re-run `nano quantize`") from None
+    data = read_json(path, missing=f"{ckpt}: not a quantized checkpoint (no {QUANT}); make one with `nano quantize`",
+                     fix="re-run `nano quantize`")
     if data.get("format") != FORMAT:
         raise NanoError(f"{path}: format {data.get('format')!r} is not {FORMAT!r}; re-run `nano quantize` "
                         "with this version of Nano")

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from nano.checkpoint import read_json
 from nano.errors import NanoError
 
 METHODS = ("rtn", "mse", "gptq", "awq")
@@ -135,13 +135,7 @@ class Recipe:
     @classmethod
     def from_file(cls, path: str | Path, **cli: Any) -> "Recipe":
         """Read a JSON recipe; ``cli`` (method/bits/group/...) overrides its top-level fields."""
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise NanoError(f"{path}: recipe file not found") from None
-        except json.JSONDecodeError as e:
-            raise NanoError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+        data = read_json(path, missing=f"{path}: recipe file not found")
         if not isinstance(data, dict):
             raise NanoError(f"{path}: a recipe is a JSON object")
         return cls.from_dict({**data, **cli}, source=str(path))
