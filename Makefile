@@ -32,9 +32,12 @@ demo: $(STAMP)
 	    --out runs/distill-student_20m --resume
 	$(BIN)/nano eval runs/distill-student_20m/student --data held-out --json runs/distill-student_20m-heldout.json
 	$(BIN)/nano generate runs/distill-student_20m/student --prompt "SQLite is" --max-tokens 32
+	$(BIN)/nano export runs/distill-student_20m/student --out runs/student_20m.tflite --litertlm
+	$(BIN)/nano generate runs/student_20m.litertlm --prompt "SQLite is" --max-tokens 32  # LiteRT-LM: same text as above
 	$(BIN)/nano quantize runs/distill-student_20m/student --out runs/student_20m-int4 --method gptq --overwrite
 	$(BIN)/nano generate runs/student_20m-int4 --prompt "SQLite is" --max-tokens 32
 	$(BIN)/nano export runs/student_20m-int4 --out runs/student_20m-int4.tflite --litertlm
+	$(BIN)/nano generate runs/student_20m-int4.litertlm --prompt "SQLite is" --max-tokens 32
 	$(BIN)/nano bench runs/student_20m-int4.tflite --prompt-lens 128 --decode-tokens 32 --repeats 1
 
 test: $(STAMP)

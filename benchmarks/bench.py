@@ -7,7 +7,10 @@ llama.cpp on a GGUF of the same weights, measured in the same run; optionally on
 Per runtime and prompt length P (also the context the decode steps run at, P .. P+decode_tokens):
 time to first token (prefill of P tokens + one decode step), prefill tokens/s, decode ms/token
 (median and p90 over all steps) and tokens/s. Each runtime runs in its own child process, so its
-peak RSS is its own. The decode bound is bandwidth / bytes read per token, with bytes = the weights
+peak RSS is its own; LiteRT's first start (packing the weights into XNNPACK's cache) runs in a
+process before the measured one, whose peak RSS is then what every later start of an app costs,
+with where it resides at the end (packed weights, model-file pages, libraries, anonymous
+memory). The decode bound is bandwidth / bytes read per token, with bytes = the weights
 (the .tflite's size; llama.cpp's tensor bytes) + the KV cache up to the mean decode position (f32
 for LiteRT, f16 for llama.cpp); LiteRT's exported graph attends over all seq_len positions, so its
 real traffic is higher than this ideal count. Timings on a shared machine are noisy: read ratios
@@ -103,7 +106,8 @@ def run_bench(model_path: str | Path, *, threads: int = 2, prompt_lens: Sequence
     rounds, each running every runtime once in turn (fresh process, fresh caches), so a busy spell
     on a shared machine hits all runtimes alike; medians pool the rounds. Returns a JSON-ready
     dict; never asserts on time."""
-    from benchmarks.bench_litert import litertlm_row, measure_compiled, measure_litertlm, read_layout
+    from benchmarks.bench_litert import (litertlm_first_run, litertlm_row, measure_compiled, measure_litertlm,
+                                         pack_weight_cache, read_layout)
     from benchmarks.bench_llamacpp import measure_llamacpp
 
     lens = _check_args(prompt_lens, decode_tokens, repeats, threads)
@@ -127,11 +131,27 @@ def run_bench(model_path: str | Path, *, threads: int = 2, prompt_lens: Sequence
             pick_device()
             phone_binary(android_binary)
         common = dict(threads=threads, prompt_lens=lens, decode_tokens=decode_tokens, repeats=1, log_dir=tmp)
-        jobs = {"litert_compiled": lambda i: run_child("litert compiled", measure_compiled, str(tflite),
-                                                       weight_cache=str(tmp / f"xnnpack-{i}.cache"), **common)}
+
+        def compiled(i: int) -> dict:
+            """A first start (packs the weights into the XNNPACK cache), then the measured start that
+            reads them back, each in its own process."""
+            cache = str(tmp / f"xnnpack-{i}.cache")
+            cold = run_child("litert compiled, first load", pack_weight_cache, str(tflite), threads=threads,
+                             weight_cache=cache, log_dir=tmp)
+            warm = run_child("litert compiled", measure_compiled, str(tflite), weight_cache=cache, **common)
+            return {**warm, "load_s_cold": cold["load_s_cold"], "peak_rss_first_load_bytes": cold["peak_rss_bytes"]}
+
+        jobs = {"litert_compiled": compiled}
         if bundle:
-            jobs["litert_lm"] = lambda i: run_child("litert-lm", measure_litertlm, str(bundle),
-                                                    cache_dir=str(tmp / f"litertlm-{i}"), **common)
+
+            def litertlm(i: int) -> dict:
+                cache = str(tmp / f"litertlm-{i}")
+                cold = run_child("litert-lm, first run", litertlm_first_run, str(bundle), threads=threads,
+                                 prompt_len=min(lens), cache_dir=cache, log_dir=tmp)
+                warm = run_child("litert-lm", measure_litertlm, str(bundle), cache_dir=cache, **common)
+                return {**warm, "init_s_cold": cold["init_s_cold"], "peak_rss_first_load_bytes": cold["peak_rss_bytes"]}
+
+            jobs["litert_lm"] = litertlm
         if compare_llamacpp:
             jobs["llama_cpp"] = lambda i: run_child("llama.cpp", measure_llamacpp, str(Path(compare_llamacpp).absolute()),
                                                     **common)
@@ -155,6 +175,8 @@ def run_bench(model_path: str | Path, *, threads: int = 2, prompt_lens: Sequence
             entry.update(file=str(path), file_bytes=path.stat().st_size, kv_bytes_per_position=kv)
             entry.setdefault("weight_bytes", weights)  # llama.cpp reports its tensor bytes itself
             entry["rss_over_file"] = entry["peak_rss_bytes"] / entry["file_bytes"]
+            # what the model adds to a process that already has the runtime's libraries loaded
+            entry["model_rss_over_file"] = (entry["peak_rss_bytes"] - entry["baseline_rss_bytes"]) / entry["file_bytes"]
             _add_bounds(entry, bandwidth_gb_s=bandwidth["bandwidth_gb_s"], decode_tokens=decode_tokens)
             runtimes[name] = entry
         if android:
@@ -232,10 +254,14 @@ def format_report(result: dict) -> str:
                          f"{r['decode_tok_s']:>9.1f}{limit or float('nan'):>10.0f}{r.get('fraction_of_limit', float('nan')):>9.2f}")
     for name, e in result["runtimes"].items():
         if "peak_rss_bytes" in e:
-            warm = f", warm load {e['peak_rss_warm_bytes'] / 2**20:.0f}" if "peak_rss_warm_bytes" in e else ""
-            lines.append(f"{name:<16} peak RSS {e['peak_rss_bytes'] / 2**20:.0f} MiB (libraries alone "
-                         f"{e['baseline_rss_bytes'] / 2**20:.0f}{warm}), file {e['file_bytes'] / 2**20:.1f} MiB, "
-                         f"peak RSS/file {e['rss_over_file']:.2f}")
+            first = (f"; first load (packing) {e['peak_rss_first_load_bytes'] / 2**20:.0f}"
+                     if "peak_rss_first_load_bytes" in e else "")
+            lines.append(f"{name:<16} peak RSS {e['peak_rss_bytes'] / 2**20:.0f} MiB (before the model "
+                         f"{e['baseline_rss_bytes'] / 2**20:.0f}{first}), file {e['file_bytes'] / 2**20:.1f} MiB, "
+                         f"(peak - before)/file {e['model_rss_over_file']:.2f}")
+            if e.get("rss_at_end_bytes"):
+                parts = ", ".join(f"{k.replace('_', ' ')} {v / 2**20:.0f}" for k, v in e["rss_at_end_bytes"].items())
+                lines.append(f"{'':<16} resident MiB at the end: {parts}")
     for name, rows in result["speedup_vs_llama_cpp"].items():
         parts = ", ".join(f"P={r['prompt_len']}: decode {r['decode']:.2f}x prefill {r['prefill']:.2f}x "
                           f"TTFT {r['ttft']:.2f}x" for r in rows)

@@ -23,10 +23,7 @@ CHILD_TIMEOUT_S = 3600  # a hung native runtime must not hang the benchmark
 CHILD = "import sys; from benchmarks.bench_core import _child; _child(*sys.argv[1:3])"
 
 
-_peak_before_reset = 0  # the VmHWM that reset_peak_rss() cleared
-
-
-def _vm_hwm() -> int:
+def peak_rss_bytes() -> int:
     """Peak RSS of this process's memory map. Not getrusage: ru_maxrss survives exec, so a child
     of a big parent would report the parent's size."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -35,26 +32,24 @@ def _vm_hwm() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # no /proc: an upper bound
 
 
-def peak_rss_bytes() -> int:
-    """This process's peak RSS over its whole life, resets included."""
-    return max(_peak_before_reset, _vm_hwm())
-
-
-def reset_peak_rss() -> int:
-    """Start a new peak (Linux >= 4.0: "5" > clear_refs), so a later phase is measured alone;
-    returns the peak so far. Without permission the peak just keeps running."""
-    global _peak_before_reset
-    _peak_before_reset = peak_rss_bytes()
+def rss_by_mapping(files: dict[str, str | Path]) -> dict[str, int]:
+    """Resident bytes now, split into the named `files` (label -> path; mmapped weights), other
+    files (the runtime's libraries) and anonymous memory (heap, arenas, caches, stacks)."""
+    where = {str(Path(p).resolve()): label for label, p in files.items()}
+    out = dict.fromkeys([*files, "libraries", "anonymous"], 0)
+    label = "anonymous"
     try:
-        Path("/proc/self/clear_refs").write_text("5")
+        lines = Path("/proc/self/smaps").read_text().splitlines()
     except OSError:
-        pass
-    return _peak_before_reset
-
-
-def phase_peak_rss_bytes() -> int:
-    """Peak RSS since the last reset_peak_rss()."""
-    return _vm_hwm()
+        return {}
+    for line in lines:
+        head = line.split(maxsplit=5)
+        if head and "-" in head[0] and not head[0].endswith(":"):  # a mapping's header line
+            path = head[5] if len(head) > 5 and head[5].startswith("/") else None
+            label = "anonymous" if path is None else where.get(path, "libraries")
+        elif head and head[0] == "Rss:":
+            out[label] += int(head[1]) * 1024
+    return out
 
 
 def run_child(what: str, fn: Callable[..., dict], *args, log_dir: str | Path, **kwargs) -> dict:

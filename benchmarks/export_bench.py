@@ -10,9 +10,8 @@ export to .tflite + .litertlm under runs/export-bench/ (reused while newer than 
 write a GGUF of the checkpoint's dequantized weights as Q4_0 with a Q8_0 embedding (reused while
 newer), then `benchmarks.bench.run_bench` per thread count: decode tok/s of LiteRT's CompiledModel,
 LiteRT-LM and llama.cpp, the bandwidth-bound fraction, TTFT and each runtime's peak RSS against
-its file. For the student also greedy parity: LiteRT-LM's Python API on the .litertlm and the
-CompiledModel on the .tflite against nano.generate on the dequantized checkpoint. Results merge
-into the JSON by model and thread count, so models can be run in separate invocations.
+its file. Results merge into the JSON by model and thread count, so models can be run in separate
+invocations. Greedy parity of the bundles is benchmarks/greedy_parity.py.
 """
 
 import argparse
@@ -31,8 +30,6 @@ from nano.checkpoint import WEIGHTS
 from nano.errors import NanoError
 
 OUT_DIR = Path("runs/export-bench")
-PARITY_PROMPT = "SQLite is"
-PARITY_TOKENS = 32
 RSS_GOAL = 1.3  # issue 5: runtime memory <= 1.3x the model file
 LIMIT_GOAL = 0.6  # issue 5: decode >= 60% of the bandwidth-bound rate
 RAM_MARGIN = 4 * 2**30  # left free for the rest of the machine
@@ -45,14 +42,13 @@ class Target:
     prompt_lens: tuple[int, ...]
     decode_tokens: int
     repeats: int
-    parity: bool
 
 
 TARGETS = {
     "student": Target(Path("runs/student_20m-int4"), Path("runs/bench-distill/distill/student"),
-                      (128, 512), 128, 3, True),
+                      (128, 512), 128, 3),
     # ~140 ms/token in LiteRT: one prompt length, 64 steps, 2 rounds keep a thread count < 10 min
-    "nano1": Target(Path.home() / ".cache/nano/bench-nano1/nano1-rtn", None, (128,), 64, 2, False),
+    "nano1": Target(Path.home() / ".cache/nano/bench-nano1/nano1-rtn", None, (128,), 64, 2),
 }
 
 
@@ -132,62 +128,6 @@ def ensure_gguf(ckpt: Path, name: str) -> Path:
     return path
 
 
-def greedy_parity(ckpt: Path, tflite: Path, bundle: Path, *, prompt: str = PARITY_PROMPT,
-                  n: int = PARITY_TOKENS, threads: int = 2) -> dict[str, Any]:
-    """Greedy continuations of `prompt`: nano.generate on the dequantized checkpoint, LiteRT-LM on
-    the bundle (default and float32 activations; text only), and the CompiledModel on the .tflite
-    (token ids, so the first diverging step and nano's top-1/top-2 logit margin there are exact)."""
-    import jax.numpy as jnp
-    import litert_lm
-    import numpy as np
-
-    from benchmarks.bench_litert import CompiledLM
-    from nano.checkpoint import load_checkpoint, load_tokenizer
-    from nano.generate import generate
-
-    tok = load_tokenizer(ckpt)
-    stops = set(tok.stop_ids())
-    ids = [tok.bos_id] + tok.encode(prompt)
-    model = load_checkpoint(ckpt)
-    want = list(generate(model, ids, max_new_tokens=n, stop_ids=sorted(stops)))
-    logits, _ = model(jnp.asarray([ids + want[:-1]], jnp.int32))
-    top2 = np.sort(np.asarray(logits[0, len(ids) - 1:], np.float32), axis=-1)[:, -2:]
-    margins = top2[:, 1] - top2[:, 0]  # nano's top-1 minus top-2 logit at each generated step
-
-    def text(tokens):
-        return tok.decode([t for t in tokens if t not in stops])
-
-    lm = CompiledLM(tflite, threads=threads)
-    compiled, logit = [], lm.prefill(ids)
-    for _ in range(n):
-        compiled.append(int(np.argmax(logit)))
-        if compiled[-1] in stops:
-            break
-        logit = lm.decode(compiled[-1])
-    lm.close()
-    diverge = next((i for i, (a, b) in enumerate(zip(want, compiled)) if a != b), None)
-
-    out: dict[str, Any] = {
-        "prompt": prompt, "new_tokens": n, "nano_text": text(want), "nano_ids": want,
-        "nano_min_margin": float(margins.min()), "nano_min_margin_step": int(margins.argmin()),
-        "compiled_text": text(compiled), "compiled_ids": compiled, "compiled_match": compiled == want,
-        "compiled_first_divergence": diverge,
-        "nano_margin_at_divergence": None if diverge is None else float(margins[diverge]),
-        "litert_lm": {}}
-    for label, act in (("default", None), ("float32", litert_lm.ActivationDataType.FLOAT32)):
-        engine = litert_lm.Engine(str(bundle), backend=litert_lm.Backend.CPU(thread_count=threads),
-                                  activation_data_type=act)
-        session = engine.create_session(apply_prompt_template=False, max_output_tokens=n,
-                                        sampler_config=litert_lm.SamplerConfig(top_k=1))
-        session.run_prefill([prompt])  # LiteRT-LM prepends the bundle's start token (BOS)
-        got = session.run_decode().texts[0]
-        session.close()
-        engine.close()
-        out["litert_lm"][label] = {"text": got, "match": got == out["nano_text"],
-                                   "match_stripped": got.strip() == out["nano_text"].strip()}
-    return out
-
-
 def _other_jobs() -> str:
     """Other heavy jobs seen at measurement time (the quantize benchmark shares this machine)."""
     r = subprocess.run(["pgrep", "-af", "benchmarks.quantize "], capture_output=True, text=True)
@@ -214,9 +154,9 @@ def summarize(result: dict) -> dict[str, Any]:
         m = {"file_bytes": e["file_bytes"], "baseline_rss_bytes": e["baseline_rss_bytes"],
              "peak_rss_bytes": e["peak_rss_bytes"],
              "peak_over_file": (e["peak_rss_bytes"] - e["baseline_rss_bytes"]) / e["file_bytes"]}
-        if "peak_rss_warm_bytes" in e:  # CompiledModel: the load that reads the XNNPACK weight cache
-            m["peak_rss_warm_bytes"] = e["peak_rss_warm_bytes"]
-            m["warm_over_file"] = (e["peak_rss_warm_bytes"] - e["baseline_rss_bytes"]) / e["file_bytes"]
+        for k in ("peak_rss_first_load_bytes", "rss_at_end_bytes"):  # CompiledModel only
+            if k in e:
+                m[k] = e[k]
         memory[name] = m
     mach = result["machine"]
     return {"rows": rows, "memory": memory, "bandwidth_gb_s": mach["bandwidth_gb_s"],
@@ -242,8 +182,10 @@ def format_summary(name: str, threads: int, s: dict, files: dict) -> str:
                          f"{'' if ratio is None else f'{ratio:.2f}x':>9}{r['fraction_of_limit']:>9.2f}"
                          f"{r['ttft_ms']:>9.0f}{r['prefill_tok_s']:>12.0f}")
     for rt, m in s["memory"].items():
-        warm = (f", warm-load peak {_mib(m['peak_rss_warm_bytes'])} -> {m['warm_over_file']:.2f}x"
-                if "warm_over_file" in m else "")
+        warm = (f", first-load peak {_mib(m['peak_rss_first_load_bytes'])}"
+                if "peak_rss_first_load_bytes" in m else "")
+        if m.get("rss_at_end_bytes"):
+            warm += "; resident at the end: " + ", ".join(f"{k} {_mib(v)}" for k, v in m["rss_at_end_bytes"].items())
         lines.append(f"   {short.get(rt, rt):<10} RSS MiB: baseline {_mib(m['baseline_rss_bytes'])}, peak "
                      f"{_mib(m['peak_rss_bytes'])}, (peak-baseline)/file {m['peak_over_file']:.2f}x{warm} "
                      f"(file {_mib(m['file_bytes'])})")
@@ -260,9 +202,6 @@ def run_model(name: str, t: Target, threads: Sequence[int]) -> dict[str, Any]:
              "litertlm": bundle.stat().st_size, "gguf": gguf.stat().st_size}
     out: dict[str, Any] = {"checkpoint": str(ckpt), "tflite": str(tflite), "litertlm": str(bundle),
                            "gguf": str(gguf), "file_bytes": files, "export": export, "bench": {}}
-    if t.parity:
-        print(f"  greedy parity on {PARITY_PROMPT!r}", flush=True)
-        out["parity"] = greedy_parity(ckpt, tflite, bundle)
     for n in threads:
         other = _other_jobs()
         start = time.time()
@@ -275,18 +214,6 @@ def run_model(name: str, t: Target, threads: Sequence[int]) -> dict[str, Any]:
         out["bench"][str(n)] = {"summary": s, "result": result}
         print(format_summary(name, n, s, files), flush=True)
     return out
-
-
-def format_parity(p: dict) -> str:
-    lines = [f"   nano.generate : {p['nano_text']!r}",
-             f"   compiled      : {p['compiled_text']!r} (ids match: {p['compiled_match']}"
-             + ("" if p["compiled_first_divergence"] is None else
-                f", first divergence at step {p['compiled_first_divergence']}, nano top1-top2 margin there "
-                f"{p['nano_margin_at_divergence']:.3f}") + ")"]
-    for label, r in p["litert_lm"].items():
-        lines.append(f"   litert-lm {label:<8}: {r['text']!r} (match: {r['match']})")
-    lines.append(f"   nano's smallest top1-top2 margin: {p['nano_min_margin']:.3f} at step {p['nano_min_margin_step']}")
-    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -310,8 +237,6 @@ def main(argv: Sequence[str] | None = None) -> None:
             res = run_model(name, TARGETS[name], threads)
         except NanoError as e:
             raise SystemExit(f"error: {name}: {e}") from None
-        if "parity" in res:
-            print(f"== {name} greedy parity\n{format_parity(res['parity'])}", flush=True)
         prev = saved.get(name, {})
         # keep what earlier runs measured that this one did not (other thread counts)
         saved[name] = {**prev, **res, "bench": {**prev.get("bench", {}), **res["bench"]}}

@@ -4,6 +4,7 @@ needs to drive them. Written with litert-lm-builder; `read_sections` lists what 
 
 import dataclasses
 import io
+import struct
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,19 +62,24 @@ class Section:
 
 
 def read_sections(path: str | Path) -> list[Section]:
-    """The sections of a .litertlm file, from its header."""
+    """The sections of a .litertlm file, from its header; a damaged or truncated file is a NanoError."""
+    fix = "re-export it with `nano export --litertlm`"
     try:
         header = litertlm_peek.read_litertlm_header(str(path), io.StringIO())
-    except (OSError, ValueError) as e:
-        raise NanoError(f"{path}: not a readable .litertlm bundle ({e}); re-export with litertlm=True") from None
-    out = []
-    objects = header.SectionMetadata()
-    for i in range(objects.ObjectsLength() if objects else 0):
-        obj = objects.Objects(i)
-        items = [litertlm_peek.kvp_to_dict(obj.Items(j)) for j in range(obj.ItemsLength())]
-        model_type = next((it["value"] for it in items if it["key"] == "model_type"), None)
-        out.append(Section(litertlm_core.any_section_data_type_to_string(obj.DataType()), model_type,
-                           obj.BeginOffset(), obj.EndOffset()))
+        out = []
+        objects = header.SectionMetadata()
+        for i in range(objects.ObjectsLength() if objects else 0):
+            obj = objects.Objects(i)
+            items = [litertlm_peek.kvp_to_dict(obj.Items(j)) for j in range(obj.ItemsLength())]
+            model_type = next((it["value"] for it in items if it["key"] == "model_type"), None)
+            out.append(Section(litertlm_core.any_section_data_type_to_string(obj.DataType()), model_type,
+                               obj.BeginOffset(), obj.EndOffset()))
+    except (OSError, ValueError, struct.error, IndexError) as e:
+        raise NanoError(f"{path}: not a readable .litertlm bundle ({e}); {fix}") from None
+    size = Path(path).stat().st_size
+    if any(s.end > size for s in out):
+        raise NanoError(f"{path}: truncated .litertlm bundle ({size} bytes, sections end at "
+                        f"{max(s.end for s in out)}); {fix}")
     return out
 
 

@@ -2,7 +2,7 @@
 chunks of the prefill length (zero-padded tokens and positions), then one token per decode call,
 the KV-cache outputs fed back as the next call's inputs."""
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -62,3 +62,70 @@ class LiteRTModel:
         for t in tokens[i:]:  # the tail near the end of the cache, one token at a time
             logits = self.decode(t)
         return logits
+
+
+_ALL_TOKENS = 1 << 30  # LiteRT-LM clamps top_k to the vocabulary
+
+
+def litertlm_generate(path: str | Path, prompt: str, *, max_tokens: int, temperature: float = 0.0,
+                      top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+                      threads: int = 2) -> Iterator[str]:
+    """Text pieces of LiteRT-LM continuing `prompt` with the `.litertlm` bundle at `path`: what an
+    app embedding the bundle generates. LiteRT-LM prepends the bundle's start token (Nano's BOS)
+    and stops at its stop tokens; greedy (top-1) when temperature is 0. XNNPACK's weight cache goes
+    beside the bundle, so the second run loads fast. Bad input is refused before any text."""
+    path = Path(path)
+    if not path.is_file():
+        raise NanoError(f"{path}: no such .litertlm file; make one with `nano export CKPT --out M.tflite --litertlm`")
+    if max_tokens < 1:
+        raise NanoError(f"max_tokens {max_tokens} must be >= 1")
+    try:
+        import litert_lm
+    except ImportError:
+        raise NanoError("running a .litertlm needs litert-lm; pip install litert-lm==0.18.1") from None
+    from litert_lm_builder.runtime.proto import llm_metadata_pb2
+
+    from export.litertlm import read_section, read_sections
+
+    sections = {s.kind: s for s in read_sections(path)}  # a clear error for a damaged file, before LiteRT-LM logs its own
+    if not {"TFLiteModel", "SP_Tokenizer", "LlmMetadataProto"} <= set(sections):
+        raise NanoError(f"{path}: the bundle lacks a model, tokenizer or metadata (has {sorted(sections)}); "
+                        "re-export it with `nano export --litertlm`")
+    context = llm_metadata_pb2.LlmMetadata.FromString(read_section(path, sections["LlmMetadataProto"])).max_num_tokens
+    litert_lm.set_min_log_severity(litert_lm.LogSeverity.ERROR)
+    sampler = (litert_lm.SamplerConfig(top_k=1) if temperature == 0 else
+               # LiteRT-LM treats a missing top_k as 1 (greedy): ask for the whole vocabulary
+               litert_lm.SamplerConfig(top_k=top_k or _ALL_TOKENS, top_p=top_p, temperature=temperature,
+                                       seed=seed))
+    try:
+        engine = litert_lm.Engine(str(path), backend=litert_lm.Backend.CPU(thread_count=threads))
+    except Exception as e:  # LiteRT-LM raises bare RuntimeErrors with its status text
+        raise NanoError(f"{path}: LiteRT-LM cannot load it ({_first_line(e)}); re-export it with "
+                        "`nano export --litertlm`") from None
+    n = len(engine.tokenize(prompt)) + 1  # + the start token
+    if context and n >= context:
+        engine.close()
+        raise NanoError(f"the prompt is {n} tokens with the start token; {path} holds {context} (prompt and "
+                        "new tokens together): shorten the prompt or re-export with a larger --seq-len")
+    return _stream(path, engine, prompt, max_tokens, sampler)
+
+
+def _stream(path: Path, engine, prompt: str, max_tokens: int, sampler) -> Iterator[str]:
+    try:
+        session = engine.create_session(apply_prompt_template=False, max_output_tokens=max_tokens,
+                                        sampler_config=sampler)
+        try:
+            session.run_prefill([prompt])
+            for chunk in session.run_decode_async():
+                yield chunk.texts[0] if chunk.texts else ""
+        except RuntimeError as e:
+            raise NanoError(f"{path}: LiteRT-LM failed ({_first_line(e)})") from None
+        finally:
+            session.close()
+    finally:
+        engine.close()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

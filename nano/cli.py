@@ -187,7 +187,7 @@ def eval_cmd(
 @app.command()
 @_friendly
 def generate(
-    ckpt: Annotated[str, typer.Argument(help="Checkpoint directory or `gemma3-270m`.")],
+    ckpt: Annotated[str, typer.Argument(help="Checkpoint directory, `gemma3-270m`, or an exported .litertlm (run by LiteRT-LM).")],
     prompt: Annotated[str, typer.Option(help="Text to continue.")],
     max_tokens: Annotated[int, typer.Option(help="New tokens at most.")] = 64,
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
@@ -195,10 +195,21 @@ def generate(
     top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling mass.")] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
 ) -> None:
-    """Continue a prompt on the KV-cache path, streaming the text."""
+    """Continue a prompt on the KV-cache path, streaming the text; a .litertlm runs on LiteRT-LM
+    (what an app gets), so its text can be compared with the checkpoint's."""
     from nano.checkpoint import load_checkpoint, load_tokenizer
     from nano.generate import Sampling, generate as run
 
+    if ckpt.endswith(".litertlm"):
+        from export.runtime import litertlm_generate
+
+        pieces = litertlm_generate(ckpt, prompt, max_tokens=max_tokens, temperature=temperature,
+                                   top_k=top_k, top_p=top_p, seed=seed)
+        console.print(prompt, end="", style="bold", highlight=False)
+        for piece in pieces:
+            console.print(piece, end="", highlight=False, markup=False)
+        console.print()
+        return
     path = _checkpoint(ckpt)
     tok = load_tokenizer(path)
     model = load_checkpoint(path)

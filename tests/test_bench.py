@@ -55,7 +55,13 @@ def test_run_bench_reports_every_runtime(files):
     for name in ("litert_compiled", "llama_cpp"):
         for row in r["runtimes"][name]["rows"]:
             assert row["decode_ms_p90"] >= row["decode_ms_median"] and row["decode_steps"] == 6
-    assert r["runtimes"]["litert_compiled"]["load_s_warm"] > 0
+    compiled = r["runtimes"]["litert_compiled"]
+    assert compiled["load_s_warm"] > 0 and compiled["load_s_cold"] > 0
+    assert compiled["peak_rss_first_load_bytes"] > 0
+    rss = compiled["rss_at_end_bytes"]  # the model file and the packed weights are mapped, named apart
+    assert set(rss) == {"model_file", "weight_cache", "libraries", "anonymous"} and rss["model_file"] > 0
+    assert compiled["model_rss_over_file"] == pytest.approx(
+        (compiled["peak_rss_bytes"] - compiled["baseline_rss_bytes"]) / compiled["file_bytes"])
     assert r["runtimes"]["llama_cpp"]["weight_bytes"] < r["runtimes"]["litert_compiled"]["weight_bytes"]
     speedups = r["speedup_vs_llama_cpp"]
     assert set(speedups) == {"litert_compiled", "litert_lm"}

@@ -54,6 +54,7 @@ def test_generate_streams_text(tiny_ckpt):
 @pytest.mark.parametrize("args,message", [
     (["eval", "/nonexistent/ckpt"], "not a Nano checkpoint"),
     (["generate", "/nonexistent/ckpt", "--prompt", "x"], "not a Nano checkpoint"),
+    (["generate", "/nonexistent/m.litertlm", "--prompt", "x"], "no such .litertlm file"),
     (["convert", "/nonexistent.gguf", "--out", "/tmp/never"], "not found"),
     (["data", "prepare", "--tokenizer", "/nonexistent/ckpt"], "not a Nano checkpoint"),
 ])

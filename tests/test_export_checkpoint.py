@@ -2,6 +2,8 @@
 dequantized model, the .litertlm bundle holds the file, tokenizer and metadata, LiteRT-LM itself
 generates nano.generate's greedy tokens, and bad input is refused before anything is written."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from flax import nnx
@@ -11,6 +13,7 @@ from tensorflow.lite.python.convert_phase import ConverterError
 from export import checkpoint as export_ckpt
 from export.checkpoint import export_checkpoint
 from export.litertlm import read_section, read_sections
+from export.runtime import litertlm_generate
 from export.tflite import read_qtensors
 from nano.checkpoint import TOKENIZER, flat_params, load_checkpoint, model_from_flat, save_checkpoint
 from nano.config import get_preset
@@ -109,7 +112,26 @@ def test_litert_lm_generates_nano_greedy_tokens(tmp_path, tiny_tokenizer):
         got = [tok.piece_to_id(c) for c in session.run_decode().texts[0]]
         session.close()
         assert len(set(want)) > 4 and got == want
+        # what `nano generate BUNDLE.litertlm` streams (default activations): the same text
+        assert "".join(litertlm_generate(summary["litertlm"], text, max_tokens=16)) == tok.decode(want)
     engine.close()
+
+
+def test_bad_bundles_are_refused_in_one_line(quantized_export, tmp_path):
+    pytest.importorskip("litert_lm")
+    _, summary = quantized_export
+    bundle = Path(summary["litertlm"])
+    truncated, junk = tmp_path / "cut.litertlm", tmp_path / "junk.litertlm"
+    truncated.write_bytes(bundle.read_bytes()[:40_000])
+    junk.write_text("not a bundle")
+    for path, why in ((tmp_path / "missing.litertlm", "no such .litertlm"), (truncated, "truncated"),
+                      (junk, "not a readable .litertlm")):
+        with pytest.raises(NanoError, match=why):
+            litertlm_generate(path, "the rat", max_tokens=4)
+    with pytest.raises(NanoError, match="max_tokens 0"):
+        litertlm_generate(bundle, "the rat", max_tokens=0)
+    with pytest.raises(NanoError, match="holds 64 .*larger --seq-len"):  # refused before LiteRT-LM prefills
+        litertlm_generate(bundle, "the rat ate " * 40, max_tokens=4)
 
 
 def test_bad_input_is_refused_before_writing(tmp_path, float_ckpt, monkeypatch):
