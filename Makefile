@@ -38,7 +38,9 @@ demo: $(STAMP)
 	$(BIN)/nano generate runs/student_20m-int4 --prompt "SQLite is" --max-tokens 32
 	$(BIN)/nano export runs/student_20m-int4 --out runs/student_20m-int4.tflite --litertlm
 	$(BIN)/nano generate runs/student_20m-int4.litertlm --prompt "SQLite is" --max-tokens 32
-	$(BIN)/nano bench runs/student_20m-int4.tflite --prompt-lens 128 --decode-tokens 32 --repeats 1
+	$(BIN)/nano export runs/student_20m-int4 --out runs/student_20m-int4.gguf
+	$(BIN)/nano bench runs/student_20m-int4.tflite --gguf runs/student_20m-int4.gguf --prompt-lens 128 \
+	    --decode-tokens 32 --repeats 1
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

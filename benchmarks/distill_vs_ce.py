@@ -21,12 +21,10 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from benchmarks.heldout import teacher_heldout
 from distill.train import TrainConfig, start_run
-from nano.checkpoint import load_checkpoint, load_tokenizer
+from nano.checkpoint import load_checkpoint
 from nano.config import get_preset
-from nano.convert import resolve_teacher
-from nano.data.prepare import prepare_default
-from nano.data.shards import TokenSplit, eval_windows
 from nano.eval import evaluate
 
 
@@ -63,11 +61,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
-    teacher = resolve_teacher("gemma3-270m")
-    tok = load_tokenizer(teacher)
-    data = prepare_default(tok)
-    windows = eval_windows(TokenSplit.open(data, "heldout").tokens, window=512, bos_id=tok.bos_id,
-                           max_windows=args.eval_windows)
+    held = teacher_heldout(args.eval_windows)
+    data, windows = held.data, held.windows
     base = TrainConfig(student=args.student, teacher="gemma3-270m", data=str(data), tokens=args.tokens,
                        seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr, warmup_steps=10,
                        checkpoint_every=10**9, eval_every=10**9, eval_windows=0)

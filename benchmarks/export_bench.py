@@ -1,5 +1,5 @@
-"""Issue 5's evidence: an int4 checkpoint exported with `export_checkpoint` next to llama.cpp Q4_0
-on the same shape and the same dequantized weights, on this CPU.
+"""Issue 5's evidence: an int4 checkpoint exported with `export_checkpoint` next to llama.cpp on
+the same shape and the same int4 codes, on this CPU.
 
     .venv/bin/python -m benchmarks.export_bench [--models student,nano1] [--threads 2,1]
         [--json runs/bench-export.json]
@@ -7,11 +7,12 @@ on the same shape and the same dequantized weights, on this CPU.
 Models: `student` (the distilled student_20m, GPTQ int4 by `nano quantize`, made if missing) and
 `nano1` (full-size nano1, random weights, RTN int4 from the nano1 benchmark's cache). For each:
 export to .tflite + .litertlm under runs/export-bench/ (reused while newer than the checkpoint),
-write a GGUF of the checkpoint's dequantized weights as Q4_0 with a Q8_0 embedding (reused while
-newer), then `benchmarks.bench.run_bench` per thread count: decode tok/s of LiteRT's CompiledModel,
-LiteRT-LM and llama.cpp, the bandwidth-bound fraction, TTFT and each runtime's peak RSS against
-its file. Results merge into the JSON by model and thread count, so models can be run in separate
-invocations. Greedy parity of the bundles is benchmarks/greedy_parity.py.
+write the checkpoint's own codes as a GGUF (Q4_0 blocks, a Q8_0 embedding: `nano export --out
+*.gguf`, reused while newer), then `benchmarks.bench.run_bench` per thread count: decode tok/s of
+LiteRT's CompiledModel, LiteRT-LM and llama.cpp, the bandwidth-bound fraction, TTFT and each
+runtime's peak RSS against its file. Results merge into the JSON by model and thread count, so
+models can be run in separate invocations. Greedy parity of the bundles is
+benchmarks/greedy_parity.py.
 """
 
 import argparse
@@ -110,22 +111,15 @@ def ensure_export(ckpt: Path, name: str) -> tuple[Path, Path, dict | None]:
 
 
 def ensure_gguf(ckpt: Path, name: str) -> Path:
-    """llama.cpp Q4_0 (Q8_0 embedding) of the checkpoint's dequantized weights."""
-    from nano.checkpoint import load_config, load_tokenizer
-    from nano.gguf_io import write_gguf
-    from nano.qcheckpoint import dequantized_params, read_manifest
+    """The checkpoint's own int4/int8 codes as a llama.cpp GGUF (Q4_0 / Q8_0 blocks, bit for bit)."""
+    from export.gguf import export_gguf
 
-    path = OUT_DIR / f"{name}-q4_0-embed_q8_0.gguf"
+    path = OUT_DIR / f"{name}-exact-q4_0.gguf"
     if _newer(path, ckpt / WEIGHTS):
         return path
-    totals = read_manifest(ckpt)["totals"]
-    # every float32 tensor at once, the stored codes they came from, the GGUF blocks held until written
-    _need_ram(f"the GGUF of {ckpt}", totals["float32_bytes"] + 2 * totals["bytes"])
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     print(f"  writing {path}", flush=True)
-    write_gguf(path, dequantized_params(ckpt), load_config(ckpt), load_tokenizer(ckpt),
-               weight_type="q4_0", embed_type="q8_0", name=name)
-    return path
+    return Path(export_gguf(ckpt, path)["gguf"])
 
 
 def _other_jobs() -> str:

@@ -141,19 +141,13 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
-    from nano.checkpoint import load_tokenizer
-    from nano.convert import resolve_teacher
-    from nano.data.prepare import prepare_default
-    from nano.data.shards import TokenSplit, eval_windows
+    from benchmarks.heldout import teacher_heldout
     from nano.errors import NanoError
     from nano.paths import cache_dir
     from quantize.run import calibration_tokens
 
-    teacher = resolve_teacher("gemma3-270m")
-    tok = load_tokenizer(teacher)
-    data = prepare_default(tok)
-    windows = eval_windows(TokenSplit.open(data, "heldout").tokens, window=512, bos_id=tok.bos_id,
-                           max_windows=args.windows)
+    held = teacher_heldout(args.windows)
+    teacher, tok, data, windows = held.teacher, held.tokenizer, held.data, held.windows
     calib, calib_info = calibration_tokens(data, tok, rows=args.calib_rows, length=512)
     models = {"teacher": teacher, "student": args.student}
     wanted = args.models.split(",")

@@ -50,19 +50,17 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
-    from nano.checkpoint import flat_params, load_checkpoint, load_tokenizer
-    from nano.convert import assemble_packaged, resolve_teacher
-    from nano.data.prepare import prepare_default
-    from nano.data.shards import TokenSplit, eval_windows
+    from nano.checkpoint import flat_params, load_checkpoint
+    from benchmarks.heldout import teacher_heldout
+    from nano.convert import assemble_packaged
     from nano.eval import evaluate
     from nano.gguf_io import write_gguf
     from nano.llamacpp import LlamaCpp
     from nano.paths import cache_dir
 
-    ckpt = resolve_teacher("gemma3-270m")
-    model, tok = load_checkpoint(ckpt), load_tokenizer(ckpt)
-    split = TokenSplit.open(prepare_default(tok), "heldout")
-    windows = eval_windows(split.tokens, window=512, bos_id=tok.bos_id, max_windows=args.windows)
+    held = teacher_heldout(args.windows)
+    ckpt, tok, windows = held.teacher, held.tokenizer, held.windows
+    model = load_checkpoint(ckpt)
     f32 = cache_dir() / "gguf" / "gemma3-270m-f32.gguf"
     if not f32.is_file():
         write_gguf(f32, flat_params(model), model.config, tok)

@@ -306,15 +306,25 @@ def _print_quant_report(summary: dict) -> None:
 @_friendly
 def export_cmd(
     ckpt: Annotated[str, typer.Argument(help="Float or quantized (`nano quantize`) checkpoint directory.")],
-    out: Annotated[Path, typer.Option(help="Output .tflite file (the .litertlm goes beside it).")],
+    out: Annotated[Path, typer.Option(help="Output .tflite (the .litertlm goes beside it), or .gguf for llama.cpp (a quantized checkpoint's codes as Q4_0/Q8_0, bit for bit).")],
     litertlm: Annotated[bool, typer.Option("--litertlm", help="Also bundle the .tflite, tokenizer and metadata into a .litertlm for LiteRT-LM.")] = False,
     seq_len: Annotated[Optional[int], typer.Option(help="KV-cache length (default min(max_seq_len, 1024)).")] = None,
     prefill_len: Annotated[Optional[int], typer.Option(help="Tokens per prefill call (default 128).")] = None,
     max_tokens: Annotated[Optional[int], typer.Option(help="LiteRT-LM max tokens (default seq_len).")] = None,
 ) -> None:
-    """Export to LiteRT: one .tflite with `prefill` and `decode` signatures (our int4 codes inside)."""
+    """Export to LiteRT: one .tflite with `prefill` and `decode` signatures (our int4 codes inside);
+    or, with --out *.gguf, to llama.cpp's format."""
     import os
 
+    if out.suffix == ".gguf":
+        from export.gguf import export_gguf
+
+        summary = export_gguf(_checkpoint(ckpt), out)
+        table = Table("file", "size", "quantized tensors", "types")
+        table.add_row(summary["gguf"], f"{summary['gguf_bytes'] / 2**20:,.1f} MiB", str(summary["quantized_tensors"]),
+                      ", ".join(summary["types"]))
+        console.print(table)
+        return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     from export.checkpoint import export_checkpoint
 

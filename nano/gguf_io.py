@@ -6,6 +6,7 @@ Only the name mapping lives here; the model math is in nano/model.py.
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -176,9 +177,12 @@ WEIGHT_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
 
 def write_gguf(path: str | Path, params: dict[str, np.ndarray], config: ModelConfig,
                tokenizer, *, weight_type: str = "f32",
-               embed_type: str | None = None, name: str = "nano") -> Path:
+               embed_type: str | None = None, name: str = "nano",
+               raw: Mapping[str, tuple[str, np.ndarray]] | None = None) -> Path:
     """Write float params as a GGUF llama.cpp can run. Norms stay F32; matrices get
-    `weight_type`, the tied embedding `embed_type` (default: same)."""
+    `weight_type`, the tied embedding `embed_type` (default: same). `raw` maps Nano names to
+    ready ggml blocks ("q4_0" | "q8_0", uint8 (rows, bytes); export/gguf.py) written as they are,
+    in place of `params`."""
     import gguf
     from gguf import GGMLQuantizationType as Q
     from gguf.quants import quantize
@@ -198,8 +202,14 @@ def write_gguf(path: str | Path, params: dict[str, np.ndarray], config: ModelCon
         w.add_name(name)
         add_model_metadata(w, config)
         tokenizer.write_gguf(w)
-        w.add_file_type(_FILE_TYPES[weight_type])
+        raw = raw or {}
+        kinds = {kind for n, (kind, _) in raw.items() if n != "embed"}
+        w.add_file_type(_FILE_TYPES[kinds.pop() if len(kinds) == 1 else weight_type])
         for gname, (nname, transpose) in gguf_name_map(config).items():
+            if nname in raw:
+                kind, blocks = raw[nname]
+                w.add_tensor(gname, blocks, raw_dtype=Q[kind.upper()])
+                continue
             arr = np.asarray(params[nname], dtype=np.float32)
             arr = np.ascontiguousarray(arr.T) if transpose else arr
             wt = (embed_type or weight_type) if gname == "token_embd.weight" else weight_type
