@@ -5,8 +5,8 @@
         g.add_batch(x)
     qt = g.solve(w, bits=4, group=32)  # w: (in, out) Nano kernel, y = x @ w
 
-Math. ``H = 2/n sum x^T x`` (running average, as the reference ``add_batch``) is the Hessian of
-``||x w - x w_hat||^2`` w.r.t. each output column. ``solve`` follows the reference
+Math. ``H = 2/n sum x^T x`` (the sums kept in float64 by ``quantize.stats.InputStats``) is the
+Hessian of ``||x w - x w_hat||^2`` w.r.t. each output column. ``solve`` follows the reference
 ``fasterquant``: dead inputs (``H[i, i] == 0``) get ``H[i, i] = 1`` and their weight row is zeroed;
 ``H += damp * mean(diag H) * I``; ``U = chol(H^-1)`` upper (``H^-1 = U^T U``); then the input
 rows are quantized one at a time (round-to-nearest with the current group's scale), and each
@@ -47,6 +47,7 @@ from nano.errors import NanoError
 
 from .int4 import QTensor, check_args, codes, grouped, params, values
 from .mse import search_params
+from .stats import InputStats
 
 
 def _inverse_cholesky_upper(H: np.ndarray) -> np.ndarray:
@@ -70,16 +71,23 @@ class GPTQ:
         if int(in_features) <= 0:
             raise NanoError(f"GPTQ: in_features {in_features} must be positive; pass w.shape[0]")
         self.in_features = int(in_features)
-        self.H = np.zeros((self.in_features, self.in_features), np.float64)
-        self.nsamples = 0
+        self.stats = InputStats(self.in_features)  # the running x^T x; H is derived from it
 
     @classmethod
-    def from_stats(cls, stats) -> "GPTQ":
+    def from_stats(cls, stats: InputStats) -> "GPTQ":
         """A solver whose Hessian comes from a :class:`quantize.stats.InputStats`."""
         g = cls(stats.width)
-        g.H = stats.hessian.copy()
-        g.nsamples = stats.n
+        g.stats = stats
         return g
+
+    @property
+    def nsamples(self) -> int:
+        return self.stats.n
+
+    @property
+    def H(self) -> np.ndarray:
+        """``2/n sum x^T x`` (a new array)."""
+        return self.stats.hessian
 
     def add_batch(self, x) -> None:
         """Add calibration inputs ``x`` of shape (..., in); rows are samples (tokens)."""
@@ -87,14 +95,7 @@ class GPTQ:
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise NanoError(f"GPTQ.add_batch: x has shape {x.shape}, its last axis must be "
                             f"in_features={self.in_features}; pass the layer's inputs")
-        x = x.reshape(-1, self.in_features).astype(np.float64)
-        n = x.shape[0]
-        if n == 0:
-            return
-        self.H *= self.nsamples / (self.nsamples + n)
-        self.nsamples += n
-        x = np.sqrt(2.0 / self.nsamples) * x
-        self.H += x.T @ x
+        self.stats.add_batch(x)
 
     def solve(self, w, *, bits: int = 4, group: int | None = 32, damp: float = 0.01,
               act_order: bool = False, block: int = 128, symmetric: bool = True,
@@ -118,7 +119,7 @@ class GPTQ:
             return params(wg, bits, symmetric, scale_dtype=scale_dtype)
 
         W = w.T.astype(np.float64)                     # (out, in), as in the reference
-        H = self.H.copy()
+        H = self.H
         dead = np.diag(H) == 0
         H[dead, dead] = 1.0
         W[:, dead] = 0.0
