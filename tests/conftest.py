@@ -95,3 +95,22 @@ def prepare_tiny_text(root: Path, tokenizer_ckpt: Path, *, docs: int, sentences:
                                       "--train", f"folder:{root / 'train'}", "--heldout", f"folder:{root / 'held'}"])
     assert result.exit_code == 0, result.output
     return out
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory, tiny_tokenizer):
+    """A random tiny float checkpoint with the tiny tokenizer (one per test module)."""
+    from flax import nnx
+
+    from nano.checkpoint import save_checkpoint
+    from nano.config import get_preset
+    from nano.model import Transformer
+
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    return save_checkpoint(path, Transformer(get_preset("tiny"), rngs=nnx.Rngs(0)), tokenizer=tiny_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory, tiny_ckpt):
+    """Tiny prepared text (4 documents per split) tokenized by tiny_ckpt."""
+    return prepare_tiny_text(tmp_path_factory.mktemp("text"), tiny_ckpt, docs=4, sentences=20)

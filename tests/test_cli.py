@@ -4,27 +4,11 @@ import json
 
 import numpy as np
 import pytest
-from flax import nnx
 from typer.testing import CliRunner
 
-from nano.checkpoint import save_checkpoint
 from nano.cli import app
-from nano.config import get_preset
-from nano.model import Transformer
-from tests.conftest import prepare_tiny_text
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory, tiny_tokenizer):
-    path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    return save_checkpoint(path, Transformer(get_preset("tiny"), rngs=nnx.Rngs(0)), tokenizer=tiny_tokenizer)
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory, tiny_ckpt):
-    return prepare_tiny_text(tmp_path_factory.mktemp("text"), tiny_ckpt, docs=4, sentences=20)
 
 
 def test_presets_lists_every_preset():

@@ -30,16 +30,10 @@ RTN4 = TensorSpec(method="rtn", bits=4, group=32)  # rtn: no calibration data; e
 
 
 @pytest.fixture(scope="module")
-def float_ckpt(tmp_path_factory, tiny_tokenizer):
-    return save_checkpoint(tmp_path_factory.mktemp("xf") / "tiny", Transformer(TINY, rngs=nnx.Rngs(0)),
-                           tokenizer=tiny_tokenizer)
-
-
-@pytest.fixture(scope="module")
-def quantized_export(tmp_path_factory, float_ckpt):
+def quantized_export(tmp_path_factory, tiny_ckpt):
     root = tmp_path_factory.mktemp("xq")
     ckpt = root / "q"
-    quantize_checkpoint(float_ckpt, ckpt, recipe=Recipe(default=RTN4))
+    quantize_checkpoint(tiny_ckpt, ckpt, recipe=Recipe(default=RTN4))
     return ckpt, export_checkpoint(ckpt, root / "q.tflite", prefill_len=16, litertlm=True)
 
 
@@ -56,13 +50,13 @@ def test_quantized_codes_are_stored_bit_exactly(quantized_export):
     assert (summary["seq_len"], summary["prefill_len"], summary["max_tokens"]) == (64, 16, 64)
 
 
-def test_quantized_export_runs_as_the_dequantized_model(quantized_export, float_ckpt):
+def test_quantized_export_runs_as_the_dequantized_model(quantized_export, tiny_ckpt):
     ckpt, summary = quantized_export
     ref = reference(load_checkpoint(ckpt), PROMPT)  # load_checkpoint dequantizes
     # Bound and reason as in tests/test_export.py (LiteRT's int8 activations); it must stay well
     # below what quantizing did at all, or misplaced codes could pass.
     tol = 0.3
-    assert max_diff(ref, reference(load_checkpoint(float_ckpt), PROMPT)) > 3 * tol
+    assert max_diff(ref, reference(load_checkpoint(tiny_ckpt), PROMPT)) > 3 * tol
     assert max_diff(run_litert(summary["tflite"], PROMPT, ref), ref) <= tol
 
 
@@ -134,21 +128,21 @@ def test_bad_bundles_are_refused_in_one_line(quantized_export, tmp_path):
         litertlm_generate(bundle, "the rat ate " * 40, max_tokens=4)
 
 
-def test_bad_input_is_refused_before_writing(tmp_path, float_ckpt, monkeypatch):
+def test_bad_input_is_refused_before_writing(tmp_path, tiny_ckpt, monkeypatch):
     asym, int8_grouped = tmp_path / "asym", tmp_path / "int8g"
-    quantize_checkpoint(float_ckpt, asym, recipe=Recipe(default=TensorSpec(method="rtn", bits=4, group=32,
+    quantize_checkpoint(tiny_ckpt, asym, recipe=Recipe(default=TensorSpec(method="rtn", bits=4, group=32,
                                                                           symmetric=False)))
-    quantize_checkpoint(float_ckpt, int8_grouped, recipe=Recipe(default=TensorSpec(method="rtn", bits=8, group=32)))
+    quantize_checkpoint(tiny_ckpt, int8_grouped, recipe=Recipe(default=TensorSpec(method="rtn", bits=8, group=32)))
     no_tokenizer = save_checkpoint(tmp_path / "notok", Transformer(TINY, rngs=nnx.Rngs(0)))
     out = tmp_path / "x.tflite"
     cases = {
         "symmetric": (asym, {}),
         "8 bits per channel": (int8_grouped, {}),
         "tokenizer.model": (no_tokenizer, {"litertlm": True}),
-        "seq_len 65": (float_ckpt, {"seq_len": 65}),
-        "prefill_len 65": (float_ckpt, {"prefill_len": 65}),
-        "max_tokens 65": (float_ckpt, {"max_tokens": 65}),
-        "must end in .tflite": (float_ckpt, {"out": tmp_path / "x.bin"}),
+        "seq_len 65": (tiny_ckpt, {"seq_len": 65}),
+        "prefill_len 65": (tiny_ckpt, {"prefill_len": 65}),
+        "max_tokens 65": (tiny_ckpt, {"max_tokens": 65}),
+        "must end in .tflite": (tiny_ckpt, {"out": tmp_path / "x.bin"}),
     }
     for why, (ckpt, kw) in cases.items():
         with pytest.raises(NanoError, match=why):
@@ -159,9 +153,9 @@ def test_bad_input_is_refused_before_writing(tmp_path, float_ckpt, monkeypatch):
 
     monkeypatch.setattr(export_ckpt, "total_ram", lambda: 2**20)  # tiny needs ~1 GiB (the conversion)
     with pytest.raises(NanoError, match="GiB of RAM"):
-        export_checkpoint(float_ckpt, out)
+        export_checkpoint(tiny_ckpt, out)
     monkeypatch.undo()
     monkeypatch.setattr(export_ckpt, "export_params", reject)
     with pytest.raises(NanoError, match="cannot export model 'tiny'.*tfl.some_op"):
-        export_checkpoint(float_ckpt, out)
+        export_checkpoint(tiny_ckpt, out)
     assert not list(tmp_path.glob("x.*")) and not list(tmp_path.glob(".x.*"))

@@ -4,14 +4,11 @@ blocks cannot hold."""
 
 import numpy as np
 import pytest
-from flax import nnx
 
 from export.gguf import ggml_blocks, export_gguf
-from nano.checkpoint import save_checkpoint
 from nano.config import get_preset
 from nano.errors import NanoError
 from nano.gguf_io import read_gguf
-from nano.model import Transformer
 from nano.qcheckpoint import dequantized_params
 from quantize.int4 import QTensor
 from quantize.recipe import Recipe, TensorSpec
@@ -53,11 +50,9 @@ def test_unexpressible_codes_are_refused():
 
 
 @pytest.fixture(scope="module")
-def quantized(tmp_path_factory, tiny_tokenizer):
+def quantized(tmp_path_factory, tiny_ckpt):
     root = tmp_path_factory.mktemp("gg")
-    model = Transformer(TINY, rngs=nnx.Rngs(0))
-    float_ckpt = save_checkpoint(root / "float", model, tokenizer=tiny_tokenizer)
-    ckpt = root / "q"
+    float_ckpt, ckpt = tiny_ckpt, root / "q"
     quantize_checkpoint(float_ckpt, ckpt, recipe=Recipe(default=TensorSpec(method="rtn", bits=4, group=32)))
     summary = export_gguf(ckpt, root / "q.gguf")
     return float_ckpt, ckpt, summary

@@ -10,34 +10,20 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
-from flax import nnx
 from typer.testing import CliRunner
 
-from nano.checkpoint import flat_params, load_checkpoint, save_checkpoint
+from nano.checkpoint import flat_params, load_checkpoint
 from nano.cli import app
-from nano.config import get_preset
 from nano.errors import NanoError
-from nano.model import Transformer
 from nano.qcheckpoint import decode, encode, read_quantized
 from quantize.calibrate import Activations
 from quantize.int4 import dequantize, quantize
 from quantize.pipeline import _fold, quantize_model
 from quantize.recipe import Recipe, TensorSpec
 from quantize.run import calibration_tokens, quantize_checkpoint
-from tests.conftest import make_tiny_tokenizer, prepare_tiny_text
+from tests.conftest import make_tiny_tokenizer
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory, tiny_tokenizer):
-    path = tmp_path_factory.mktemp("qckpt") / "tiny"
-    return save_checkpoint(path, Transformer(get_preset("tiny"), rngs=nnx.Rngs(0)), tokenizer=tiny_tokenizer)
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory, tiny_ckpt):
-    return prepare_tiny_text(tmp_path_factory.mktemp("qtext"), tiny_ckpt, docs=4, sentences=20)
 
 
 def digest(folder):
