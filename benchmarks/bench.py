@@ -96,6 +96,18 @@ def _merge(rounds: list[dict], summarize: Callable[[dict], dict]) -> dict:
     return out
 
 
+def _two_starts(what: str, first: Callable[..., dict], measured: Callable[..., dict], path: str, *,
+                cache: dict[str, str], common: dict, first_kwargs: dict | None = None) -> dict:
+    """A runtime's first start (it packs the weights into its cache), then the measured start that
+    reads them back, each in a process of its own; the first start's figures join the measured
+    ones, its peak RSS as peak_rss_first_load_bytes."""
+    cold = run_child(f"{what}, first start", first, path, threads=common["threads"], log_dir=common["log_dir"],
+                     **cache, **(first_kwargs or {}))
+    warm = run_child(what, measured, path, **cache, **common)
+    extra = {k: v for k, v in cold.items() if k not in ("peak_rss_bytes", "baseline_rss_bytes")}
+    return {**warm, **extra, "peak_rss_first_load_bytes": cold["peak_rss_bytes"]}
+
+
 def run_bench(model_path: str | Path, *, threads: int = 2, prompt_lens: Sequence[int] = DEFAULT_PROMPT_LENS,
               decode_tokens: int = DEFAULT_DECODE_TOKENS, repeats: int = 3,
               compare_llamacpp: str | Path | None = None, android: bool = False,
@@ -114,7 +126,7 @@ def run_bench(model_path: str | Path, *, threads: int = 2, prompt_lens: Sequence
     report = progress or (lambda *a: None)
     if compare_llamacpp is not None and not Path(compare_llamacpp).is_file():
         raise NanoError(f"{compare_llamacpp}: no such GGUF file; write one with "
-                        "nano.gguf_io.write_gguf(path, params, config, tokenizer, weight_type='q4_0')")
+                        "`nano export CKPT --out M.gguf`")
     with tempfile.TemporaryDirectory(prefix="nano-bench-") as tmp:
         tmp = Path(tmp)
         tflite, bundle = _model_files(model_path, tmp)
@@ -131,27 +143,13 @@ def run_bench(model_path: str | Path, *, threads: int = 2, prompt_lens: Sequence
             pick_device()
             phone_binary(android_binary)
         common = dict(threads=threads, prompt_lens=lens, decode_tokens=decode_tokens, repeats=1, log_dir=tmp)
-
-        def compiled(i: int) -> dict:
-            """A first start (packs the weights into the XNNPACK cache), then the measured start that
-            reads them back, each in its own process."""
-            cache = str(tmp / f"xnnpack-{i}.cache")
-            cold = run_child("litert compiled, first load", pack_weight_cache, str(tflite), threads=threads,
-                             weight_cache=cache, log_dir=tmp)
-            warm = run_child("litert compiled", measure_compiled, str(tflite), weight_cache=cache, **common)
-            return {**warm, "load_s_cold": cold["load_s_cold"], "peak_rss_first_load_bytes": cold["peak_rss_bytes"]}
-
-        jobs = {"litert_compiled": compiled}
+        jobs = {"litert_compiled": lambda i: _two_starts(
+            "litert compiled", pack_weight_cache, measure_compiled, str(tflite),
+            cache={"weight_cache": str(tmp / f"xnnpack-{i}.cache")}, common=common)}
         if bundle:
-
-            def litertlm(i: int) -> dict:
-                cache = str(tmp / f"litertlm-{i}")
-                cold = run_child("litert-lm, first run", litertlm_first_run, str(bundle), threads=threads,
-                                 prompt_len=min(lens), cache_dir=cache, log_dir=tmp)
-                warm = run_child("litert-lm", measure_litertlm, str(bundle), cache_dir=cache, **common)
-                return {**warm, "init_s_cold": cold["init_s_cold"], "peak_rss_first_load_bytes": cold["peak_rss_bytes"]}
-
-            jobs["litert_lm"] = litertlm
+            jobs["litert_lm"] = lambda i: _two_starts(
+                "litert-lm", litertlm_first_run, measure_litertlm, str(bundle),
+                cache={"cache_dir": str(tmp / f"litertlm-{i}")}, common=common, first_kwargs={"prompt_len": min(lens)})
         if compare_llamacpp:
             jobs["llama_cpp"] = lambda i: run_child("llama.cpp", measure_llamacpp, str(Path(compare_llamacpp).absolute()),
                                                     **common)

@@ -71,22 +71,24 @@ def _newer(path: Path, than: Path) -> bool:
     return path.is_file() and path.stat().st_mtime > than.stat().st_mtime
 
 
-def ensure_checkpoint(t: Target) -> Path:
-    """The quantized checkpoint; quantized with `nano quantize --method gptq` from t.source if absent."""
+def ensure_gptq(ckpt: Path, source: Path | None) -> Path:
+    """The quantized checkpoint `ckpt`; made by `nano quantize --method gptq` from the float
+    checkpoint `source` if absent (`--overwrite` replaces a half-written one)."""
     from nano.qcheckpoint import is_quantized
 
-    if is_quantized(t.ckpt):
-        return t.ckpt
-    if t.source is None or not (t.source / WEIGHTS).is_file():
-        raise NanoError(f"{t.ckpt}: no quantized checkpoint and no float source to make it from")
+    if is_quantized(ckpt):
+        return ckpt
+    if source is None or not (Path(source) / WEIGHTS).is_file():
+        raise NanoError(f"{ckpt}: no quantized checkpoint and no float source to make it from")
     nano = shutil.which("nano", path=str(Path(sys.executable).parent)) or shutil.which("nano")
     if nano is None:
         raise NanoError("the `nano` command is not installed in this environment; pip install -e .")
-    cmd = [nano, "quantize", str(t.source), "--out", str(t.ckpt), "--method", "gptq", "--eval-windows", "0"]
+    cmd = [nano, "quantize", str(source), "--out", str(ckpt), "--method", "gptq", "--eval-windows", "0",
+           "--overwrite"]
     print("$", " ".join(cmd), flush=True)
     if subprocess.run(cmd).returncode != 0:
         raise NanoError(f"`{' '.join(cmd)}` failed; see its output above")
-    return t.ckpt
+    return ckpt
 
 
 def ensure_export(ckpt: Path, name: str) -> tuple[Path, Path, dict | None]:
@@ -189,7 +191,7 @@ def format_summary(name: str, threads: int, s: dict, files: dict) -> str:
 def run_model(name: str, t: Target, threads: Sequence[int]) -> dict[str, Any]:
     from benchmarks.bench import run_bench
 
-    ckpt = ensure_checkpoint(t)
+    ckpt = ensure_gptq(t.ckpt, t.source)
     tflite, bundle, export = ensure_export(ckpt, name)
     gguf = ensure_gguf(ckpt, name)
     files = {"checkpoint": (ckpt / WEIGHTS).stat().st_size, "tflite": tflite.stat().st_size,

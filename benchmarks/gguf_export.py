@@ -15,34 +15,12 @@ The quantized checkpoint is made once under runs/ (about 5 minutes) and reused.
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import numpy as np
+from benchmarks.bench_core import cpu_pressure
 
 CKPT = Path("runs/gemma3-270m-gptq")
-
-
-def cpu_pressure() -> str:
-    try:
-        return Path("/proc/pressure/cpu").read_text().splitlines()[0]
-    except OSError:
-        return "n/a"
-
-
-def ensure_quantized(teacher: Path) -> Path:
-    from nano.qcheckpoint import is_quantized
-
-    if is_quantized(CKPT):
-        return CKPT
-    cmd = [str(Path(sys.executable).parent / "nano"), "quantize", str(teacher), "--out", str(CKPT),
-           "--method", "gptq", "--eval-windows", "0", "--overwrite"]
-    print("$", " ".join(cmd), flush=True)
-    if subprocess.run(cmd).returncode != 0:
-        raise SystemExit(f"error: `{' '.join(cmd)}` failed; see its output above")
-    return CKPT
 
 
 def main() -> None:
@@ -51,9 +29,11 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=Path("runs/bench-gguf.json"))
     args = ap.parse_args()
 
+    from benchmarks.export_bench import ensure_gptq
     from benchmarks.heldout import teacher_heldout
     from export.gguf import export_gguf
     from nano.checkpoint import flat_params, load_checkpoint
+    from nano.errors import NanoError
     from nano.eval import evaluate
     from nano.gguf_io import write_gguf
     from nano.llamacpp import LlamaCpp, gguf_bits_per_weight, quantize_gguf
@@ -61,7 +41,10 @@ def main() -> None:
 
     held = teacher_heldout(args.windows)
     windows = held.windows
-    ckpt = ensure_quantized(held.teacher)
+    try:
+        ckpt = ensure_gptq(CKPT, held.teacher)
+    except NanoError as e:
+        raise SystemExit(f"error: {e}") from None
     work = cache_dir() / "bench-gguf"
     work.mkdir(parents=True, exist_ok=True)
     pressure = cpu_pressure()
@@ -77,10 +60,10 @@ def main() -> None:
     def llama_row(name: str, gguf: Path) -> None:
         t = time.perf_counter()
         scorer = LlamaCpp(gguf, window=windows.shape[1])
-        nll = np.mean([scorer.window_nll(w).mean() for w in windows])
+        ppl = scorer.perplexity(windows)
         del scorer
         bpw, size = gguf_bits_per_weight(gguf)
-        rows[name] = {"perplexity": float(np.exp(nll)), "bits_per_weight": bpw, "file_bytes": size,
+        rows[name] = {"perplexity": ppl, "bits_per_weight": bpw, "file_bytes": size,
                       "seconds": time.perf_counter() - t}
         print(f"  {name}: {rows[name]['perplexity']:.3f} at {bpw:.3f} bits/weight", flush=True)
 

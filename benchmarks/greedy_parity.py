@@ -14,7 +14,7 @@ Per prompt and model:
 Float weights run in float32 on both sides. Int4/int8 weights run in XNNPACK's dynamic-range
 kernels, which quantize each activation row to int8 on the fly (no float-activation path for
 quantized weights on CPU): that noise flips near-ties, after which free-running texts part ways.
-Bundles are exported under runs/parity/ when missing or older than their checkpoint.
+Bundles are exported under runs/export-bench/ when missing or older than their checkpoint.
 """
 
 import argparse
@@ -25,12 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.export_bench import ensure_export
 from nano.checkpoint import WEIGHTS
 from nano.errors import NanoError
 
 PROMPTS = ("SQLite is", "The Python interpreter", "CREATE TABLE t1(a, b);", "A list comprehension",
            "The following example shows", "To open a database connection,")
-OUT_DIR = Path("runs/parity")
 
 
 def nano_greedy(model, tok, prompt: str, n: int) -> tuple[list[int], list[int], np.ndarray]:
@@ -103,19 +103,6 @@ def compare(ckpt: Path, tflite: Path, bundle: Path, prompts: Sequence[str], n: i
     return {"checkpoint": str(ckpt), "tflite": str(tflite), "litertlm": str(bundle), "rows": rows}
 
 
-def ensure_bundle(ckpt: Path, name: str) -> tuple[Path, Path]:
-    from export.checkpoint import export_checkpoint
-
-    tflite = OUT_DIR / f"{name}.tflite"
-    bundle = tflite.with_suffix(".litertlm")
-    fresh = [p.is_file() and p.stat().st_mtime > (ckpt / WEIGHTS).stat().st_mtime for p in (tflite, bundle)]
-    if not all(fresh):
-        OUT_DIR.mkdir(parents=True, exist_ok=True)
-        print(f"  exporting {ckpt} -> {bundle}", flush=True)
-        export_checkpoint(ckpt, tflite, litertlm=True)
-    return tflite, bundle
-
-
 def format_result(name: str, r: dict) -> str:
     lines = [f"== {name}: {r['checkpoint']}",
              f"   {'prompt':<32}{'same text':>10}{'diverges at':>12}{'margin there':>13}"
@@ -143,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for name, ckpt in (("float", args.float_ckpt), ("int4", args.quantized)):
             if not (ckpt / WEIGHTS).is_file():
                 raise NanoError(f"{ckpt}: no checkpoint; run `make demo` or pass --{'float' if name == 'float' else 'quantized'}")
-            tflite, bundle = ensure_bundle(ckpt, f"{ckpt.name}-{name}")
+            tflite, bundle, _ = ensure_export(ckpt, f"{ckpt.name}-{name}")
             out[name] = compare(ckpt, tflite, bundle, PROMPTS, args.tokens, args.threads)
             print(format_result(name, out[name]), flush=True)
     except NanoError as e:

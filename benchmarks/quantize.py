@@ -26,12 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def cpu_pressure() -> str:
-    try:
-        return Path("/proc/pressure/cpu").read_text().splitlines()[0]
-    except OSError:
-        return "n/a"
+from benchmarks.bench_core import cpu_pressure
 
 
 NANO_ROWS = [  # (label, method, embed spec)
@@ -96,10 +91,10 @@ def bench_model(label: str, ckpt: Path, windows: np.ndarray, calib: np.ndarray, 
         if ftype is not None:
             quantize_gguf(f32, path, ftype, embed_type=embed_type, pure=pure)
         scorer = LlamaCpp(path, window=windows.shape[1])
-        nll = np.mean([scorer.window_nll(w).mean() for w in windows])
+        ppl = scorer.perplexity(windows)
         del scorer
         bpw, size = gguf_bits_per_weight(path)
-        done(name, {"perplexity": float(np.exp(nll)), "bits_per_weight": bpw, "file_bytes": size})
+        done(name, {"perplexity": ppl, "bits_per_weight": bpw, "file_bytes": size})
         print(f"  {label} {name}: {rows[name]['perplexity']:.3f} at {bpw:.3f} bits/weight", flush=True)
 
     for name, method, embed in NANO_ROWS:

@@ -19,15 +19,9 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-
-def cpu_pressure() -> str:
-    try:
-        return Path("/proc/pressure/cpu").read_text().splitlines()[0]
-    except OSError:
-        return "n/a"
+from benchmarks.bench_core import cpu_pressure
 
 
 def median_rate(fn, windows, repeats: int) -> float:
@@ -85,8 +79,7 @@ def main() -> None:
     }
     for name, path in (("llama.cpp f32", f32), ("llama.cpp q4_k_m", assemble_packaged("gemma3-270m"))):
         scorer = LlamaCpp(path, window=512, threads=args.threads)
-        nll = [scorer.window_nll(w).mean() for w in windows]
-        rows[name] = {"perplexity": float(np.exp(np.mean(nll))),
+        rows[name] = {"perplexity": scorer.perplexity(windows),
                       "score": median_rate(scorer.logits, few, args.repeats)}
         del scorer
         prompt = LlamaCpp(path, window=512, threads=args.threads, logits_all=False)

@@ -47,6 +47,10 @@ class LlamaCpp:
         lse = np.log(np.exp(logits).sum(-1))
         return lse - logits[np.arange(len(logits)), np.asarray(tokens[1:])]
 
+    def perplexity(self, windows) -> float:
+        """exp of the mean over windows of each window's mean NLL (as `nano eval` averages)."""
+        return float(np.exp(np.mean([self.window_nll(w).mean() for w in windows])))
+
     def eval_only(self, tokens) -> None:
         """Process a prompt (for timing); logits stay inside llama.cpp."""
         self.llm.reset()
