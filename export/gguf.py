@@ -78,6 +78,6 @@ def export_gguf(ckpt: str | Path, out: str | Path) -> dict[str, Any]:
         from nano.checkpoint import flat_params, load_checkpoint
 
         floats, raw = flat_params(load_checkpoint(ckpt)), {}
-    write_gguf(out, dict(floats), config, tokenizer, raw=raw, name=config.name)
+    write_gguf(out, floats, config, tokenizer, raw=raw, name=config.name)
     types = sorted({kind for kind, _ in raw.values()}) or ["f32"]
     return {"gguf": str(out), "gguf_bytes": out.stat().st_size, "quantized_tensors": len(raw), "types": types}
