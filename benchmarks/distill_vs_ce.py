@@ -12,7 +12,6 @@ model-FLOPs utilisation against this machine's matmul peak measured in the same 
 
 import argparse
 import dataclasses
-import json
 import shutil
 import statistics
 import time
@@ -21,7 +20,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from benchmarks.harness.core import cpu_pressure
 from benchmarks.heldout import teacher_heldout
+from benchmarks.workspace import result_path, work_dir, write_result
 from distill.train import TrainConfig, start_run
 from nano.checkpoint import load_checkpoint
 from nano.config import get_preset
@@ -57,9 +58,11 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--eval-windows", type=int, default=40)
-    ap.add_argument("--out", type=Path, default=Path("runs/bench-distill"))
-    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=None, help="work folder (default: $NANO_CACHE/bench/distill)")
+    ap.add_argument("--json", type=Path, default=result_path("distill_vs_ce"))
     args = ap.parse_args()
+    args.out = args.out or work_dir("distill")
+    pressure = cpu_pressure()
 
     held = teacher_heldout(args.eval_windows)
     data, windows = held.data, held.windows
@@ -91,9 +94,8 @@ def main() -> None:
         print(f"{name:<22}{r['heldout_ppl']:>14.2f}{r['tokens_per_s']:>10.0f}{r['mfu_vs_bf16_peak']:>11.1%}{r['mfu_vs_f32_peak']:>10.1%}")
     ratio = results["cross-entropy"]["heldout_ppl"] / results["distill forward-KL"]["heldout_ppl"]
     print(f"distillation {'wins' if ratio > 1 else 'LOSES'}: CE ppl / distill ppl = {ratio:.3f}")
-    if args.json:
-        args.json.write_text(json.dumps({"args": vars(args) | {"out": str(args.out), "json": str(args.json)},
-                                         "peak_gflops": peak, "results": results}, indent=2))
+    write_result(args.json, {"args": vars(args), "peak_gflops": peak, "results": results}, pressure_before=pressure)
+    print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,15 @@
-"""Issue 5's evidence: an int4 checkpoint exported with `export_checkpoint` next to llama.cpp on
-the same shape and the same int4 codes, on this CPU.
+"""An int4 checkpoint exported with `export_checkpoint`, timed next to llama.cpp running the same
+int4 codes, on this CPU.
 
     .venv/bin/python -m benchmarks.export_bench [--models student,nano1] [--threads 2,1]
-        [--json runs/bench-export.json]
+        [--json benchmarks/results/export_bench.json]
 
-Models: `student` (the distilled student_20m, GPTQ int4 by `nano quantize`, made if missing) and
-`nano1` (full-size nano1, random weights, RTN int4 from the nano1 benchmark's cache). For each:
-export to .tflite + .litertlm under runs/export-bench/ (reused while newer than the checkpoint),
-write the checkpoint's own codes as a GGUF (Q4_0 blocks, a Q8_0 embedding: `nano export --out
-*.gguf`, reused while newer), then `benchmarks.bench.run_bench` per thread count: decode tok/s of
+Models: `student` (the distilled student_20m of benchmarks.distill_vs_ce, GPTQ int4 by `nano
+quantize`, made if missing) and `nano1` (full-size nano1, random weights, RTN int4 made by
+benchmarks.quantize_nano1). For each: export to .tflite + .litertlm under $NANO_CACHE/bench/export
+(reused while newer than the checkpoint), write the checkpoint's own codes as a GGUF (Q4_0 blocks,
+a Q8_0 embedding: `nano export --out *.gguf`, reused while newer), then the harness's `run_bench`
+per thread count: decode tok/s of
 LiteRT's CompiledModel, LiteRT-LM and llama.cpp, the bandwidth-bound fraction, TTFT and each
 runtime's peak RSS against its file. Results merge into the JSON by model and thread count, so
 models can be run in separate invocations. Greedy parity of the bundles is
@@ -27,12 +28,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nano.checkpoint import WEIGHTS
+from benchmarks.workspace import result_path, work_dir, write_result
 from nano.errors import NanoError
+from nano.files import WEIGHTS
 
-OUT_DIR = Path("runs/export-bench")
-RSS_GOAL = 1.3  # issue 5: runtime memory <= 1.3x the model file
-LIMIT_GOAL = 0.6  # issue 5: decode >= 60% of the bandwidth-bound rate
 RAM_MARGIN = 4 * 2**30  # left free for the rest of the machine
 
 
@@ -45,12 +44,16 @@ class Target:
     repeats: int
 
 
-TARGETS = {
-    "student": Target(Path("runs/student_20m-int4"), Path("runs/bench-distill/distill/student"),
-                      (128, 512), 128, 3),
-    # ~140 ms/token in LiteRT: one prompt length, 64 steps, 2 rounds keep a thread count < 10 min
-    "nano1": Target(Path.home() / ".cache/nano/bench-nano1/nano1-rtn", None, (128,), 64, 2),
-}
+def targets() -> dict[str, Target]:
+    return {
+        "student": Target(out_dir() / "student_20m-gptq", work_dir("distill") / "distill" / "student", (128, 512), 128, 3),
+        # ~140 ms/token in LiteRT: one prompt length, 64 steps, 2 rounds keep a thread count < 10 min
+        "nano1": Target(work_dir("nano1") / "nano1-rtn", None, (128,), 64, 2),
+    }
+
+
+def out_dir() -> Path:
+    return work_dir("export")
 
 
 def mem_available() -> int:
@@ -98,14 +101,13 @@ def ensure_export(ckpt: Path, name: str) -> tuple[Path, Path, dict | None]:
     from nano.checkpoint import load_config
     from nano.qcheckpoint import read_manifest
 
-    tflite = OUT_DIR / f"{name}.tflite"
+    tflite = out_dir() / f"{name}.tflite"
     bundle = tflite.with_suffix(".litertlm")
     if _newer(tflite, ckpt / WEIGHTS) and _newer(bundle, ckpt / WEIGHTS):
         return tflite, bundle, None
     config = load_config(ckpt)
     _need_ram(f"exporting {ckpt}", CONVERT_BYTES + CONVERT_BYTES_PER_LAYER * config.num_layers
               + WEIGHT_RAM_FACTOR * stored_bytes(config, read_manifest(ckpt)["tensors"]))
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
     summary = export_checkpoint(ckpt, tflite, litertlm=True,
                                 progress=lambda stage, done, total: print(f"  export [{done}/{total}] {stage}",
                                                                           flush=True))
@@ -116,10 +118,9 @@ def ensure_gguf(ckpt: Path, name: str) -> Path:
     """The checkpoint's own int4/int8 codes as a llama.cpp GGUF (Q4_0 / Q8_0 blocks, bit for bit)."""
     from export.gguf import export_gguf
 
-    path = OUT_DIR / f"{name}-exact-q4_0.gguf"
+    path = out_dir() / f"{name}-exact-q4_0.gguf"
     if _newer(path, ckpt / WEIGHTS):
         return path
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
     print(f"  writing {path}", flush=True)
     return Path(export_gguf(ckpt, path)["gguf"])
 
@@ -189,7 +190,7 @@ def format_summary(name: str, threads: int, s: dict, files: dict) -> str:
 
 
 def run_model(name: str, t: Target, threads: Sequence[int]) -> dict[str, Any]:
-    from benchmarks.bench import run_bench
+    from benchmarks.harness.run import run_bench
 
     ckpt = ensure_gptq(t.ckpt, t.source)
     tflite, bundle, export = ensure_export(ckpt, name)
@@ -216,12 +217,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="student,nano1")
     ap.add_argument("--threads", default="2,1", help="thread counts to bench, in order")
-    ap.add_argument("--json", type=Path, default=Path("runs/bench-export.json"))
+    ap.add_argument("--json", type=Path, default=result_path("export_bench"))
     args = ap.parse_args(argv)
     names = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in names if m not in TARGETS]
+    known = targets()
+    unknown = [m for m in names if m not in known]
     if unknown or not names:
-        raise SystemExit(f"error: --models {args.models!r}: choose from {', '.join(TARGETS)}")
+        raise SystemExit(f"error: --models {args.models!r}: choose from {', '.join(known)}")
     try:
         threads = [int(x) for x in args.threads.split(",") if x.strip()]
     except ValueError:
@@ -230,14 +232,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name in names:
         print(f"== {name}", flush=True)
         try:
-            res = run_model(name, TARGETS[name], threads)
+            res = run_model(name, known[name], threads)
         except NanoError as e:
             raise SystemExit(f"error: {name}: {e}") from None
         prev = saved.get(name, {})
         # keep what earlier runs measured that this one did not (other thread counts)
         saved[name] = {**prev, **res, "bench": {**prev.get("bench", {}), **res["bench"]}}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(saved, indent=2, default=str))
+        saved.pop("provenance", None)
+        write_result(args.json, saved)
     print(f"wrote {args.json}")
 
 

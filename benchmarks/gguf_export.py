@@ -3,30 +3,28 @@ embedding), exported by `nano export --out *.gguf` as Q4_0/Q8_0 blocks holding t
 scored by llama.cpp next to llama.cpp's own Q4_0 + Q8_0-embedding file of the same float weights:
 the same tensor types, hence the same size and speed, so the difference is the quantizer.
 
-    .venv/bin/python -m benchmarks.gguf_export [--windows 40] [--json runs/bench-gguf.json]
+    .venv/bin/python -m benchmarks.gguf_export [--windows 40] [--json benchmarks/results/gguf_export.json]
 
 Rows (perplexity on the same SQLite held-out windows, every token scored):
   nano float32 / llama.cpp F32          the float weights in each engine
   nano GPTQ (dequantized)               `nano eval` of the quantized checkpoint
   llama.cpp on nano GPTQ (exact GGUF)   the same codes run by llama.cpp
   llama.cpp Q4_0 + Q8_0 embedding       llama.cpp's quantizer on the F32 GGUF
-The quantized checkpoint is made once under runs/ (about 5 minutes) and reused.
+The quantized checkpoint is made once under $NANO_CACHE/bench/gguf (about 5 minutes) and reused.
 """
 
 import argparse
-import json
 import time
 from pathlib import Path
 
-from benchmarks.bench_core import cpu_pressure
-
-CKPT = Path("runs/gemma3-270m-gptq")
+from benchmarks.harness.core import cpu_pressure
+from benchmarks.workspace import result_path, work_dir, write_result
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--windows", type=int, default=40)
-    ap.add_argument("--json", type=Path, default=Path("runs/bench-gguf.json"))
+    ap.add_argument("--json", type=Path, default=result_path("gguf_export"))
     args = ap.parse_args()
 
     from benchmarks.export_bench import ensure_gptq
@@ -36,17 +34,15 @@ def main() -> None:
     from nano.errors import NanoError
     from nano.eval import evaluate
     from nano.gguf_io import write_gguf
-    from nano.llamacpp import LlamaCpp, gguf_bits_per_weight, quantize_gguf
-    from nano.paths import cache_dir
+    from benchmarks.harness.llamacpp import LlamaCpp, gguf_bits_per_weight, quantize_gguf
 
     held = teacher_heldout(args.windows)
     windows = held.windows
     try:
-        ckpt = ensure_gptq(CKPT, held.teacher)
+        ckpt = ensure_gptq(work_dir("gguf") / "gemma3-270m-gptq", held.teacher)
     except NanoError as e:
         raise SystemExit(f"error: {e}") from None
-    work = cache_dir() / "bench-gguf"
-    work.mkdir(parents=True, exist_ok=True)
+    work = work_dir("gguf")
     pressure = cpu_pressure()
 
     rows: dict[str, dict] = {}
@@ -95,9 +91,8 @@ def main() -> None:
         mib = f"{r['file_bytes'] / 2**20:.0f}" if "file_bytes" in r else ""
         gap = f"{100 * r['gap_closed']:.0f}%" if "gap_closed" in r else ""
         print(f"{name:<40}{r['perplexity']:>11.3f}{bpw:>13}{mib:>8}{gap:>12}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"windows": len(windows), "checkpoint": str(ckpt), "export_seconds": export_s,
-                                     "rows": rows, "pressure": [pressure, cpu_pressure()]}, indent=2))
+    write_result(args.json, {"windows": len(windows), "checkpoint": str(ckpt), "export_seconds": export_s,
+                             "rows": rows}, pressure_before=pressure)
     print(f"wrote {args.json}")
 
 

@@ -1,8 +1,8 @@
 """Does the exported bundle say what `nano generate` says? Greedy continuations of a distilled
 student under LiteRT-LM against nano.generate, for its float export and its int4 export.
 
-    .venv/bin/python -m benchmarks.greedy_parity [--float runs/distill-student_20m/student]
-        [--quantized runs/student_20m-int4] [--tokens 64] [--json runs/greedy-parity.json]
+    .venv/bin/python -m benchmarks.greedy_parity [--float CKPT] [--quantized CKPT] [--tokens 64]
+        [--json benchmarks/results/greedy_parity.json]
 
 Per prompt and model:
 - free-running text: nano.generate on the checkpoint (a quantized one dequantized) against
@@ -14,19 +14,21 @@ Per prompt and model:
 Float weights run in float32 on both sides. Int4/int8 weights run in XNNPACK's dynamic-range
 kernels, which quantize each activation row to int8 on the fly (no float-activation path for
 quantized weights on CPU): that noise flips near-ties, after which free-running texts part ways.
-Bundles are exported under runs/export-bench/ when missing or older than their checkpoint.
+Defaults: the student of benchmarks.distill_vs_ce and its GPTQ int4 from benchmarks.export_bench.
+Bundles are exported under $NANO_CACHE/bench/export when missing or older than their checkpoint.
 """
 
 import argparse
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.export_bench import ensure_export
-from nano.checkpoint import WEIGHTS
+from benchmarks.export_bench import ensure_export, targets
+from benchmarks.harness.core import cpu_pressure
+from benchmarks.workspace import result_path, work_dir, write_result
+from nano.files import WEIGHTS
 from nano.errors import NanoError
 
 PROMPTS = ("SQLite is", "The Python interpreter", "CREATE TABLE t1(a, b);", "A list comprehension",
@@ -53,7 +55,7 @@ def margins(logits: np.ndarray) -> np.ndarray:
 
 def teacher_forced(tflite: Path, ids: list[int], want: list[int], threads: int) -> np.ndarray:
     """LiteRT's logits (steps, V) at each of nano's greedy steps, fed nano's tokens."""
-    from benchmarks.bench_litert import CompiledLM
+    from benchmarks.harness.litert import CompiledLM
 
     lm = CompiledLM(tflite, threads=threads)
     try:
@@ -119,24 +121,26 @@ def format_result(name: str, r: dict) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--float", dest="float_ckpt", type=Path, default=Path("runs/distill-student_20m/student"))
-    ap.add_argument("--quantized", type=Path, default=Path("runs/student_20m-int4"))
+    ap.add_argument("--float", dest="float_ckpt", type=Path, default=None)
+    ap.add_argument("--quantized", type=Path, default=None)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", type=Path, default=Path("runs/greedy-parity.json"))
+    ap.add_argument("--json", type=Path, default=result_path("greedy_parity"))
     args = ap.parse_args(argv)
+    args.float_ckpt = args.float_ckpt or work_dir("distill") / "distill" / "student"
+    args.quantized = args.quantized or targets()["student"].ckpt
+    pressure = cpu_pressure()
     out: dict[str, Any] = {"tokens": args.tokens, "prompts": list(PROMPTS)}
     try:
         for name, ckpt in (("float", args.float_ckpt), ("int4", args.quantized)):
             if not (ckpt / WEIGHTS).is_file():
-                raise NanoError(f"{ckpt}: no checkpoint; run `make demo` or pass --{'float' if name == 'float' else 'quantized'}")
+                raise NanoError(f"{ckpt}: no checkpoint; run benchmarks.distill_vs_ce / export_bench or pass --{'float' if name == 'float' else 'quantized'}")
             tflite, bundle, _ = ensure_export(ckpt, f"{ckpt.name}-{name}")
             out[name] = compare(ckpt, tflite, bundle, PROMPTS, args.tokens, args.threads)
             print(format_result(name, out[name]), flush=True)
     except NanoError as e:
         raise SystemExit(f"error: {e}") from None
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(out, indent=2))
+    write_result(args.json, out, pressure_before=pressure)
     print(f"wrote {args.json}")
 
 

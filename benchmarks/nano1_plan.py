@@ -9,7 +9,6 @@ XLA_FLAGS is set here before JAX starts; on a real accelerator host run it witho
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -24,7 +23,7 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=2048)
     ap.add_argument("--grad-accum", type=int, default=1)
     ap.add_argument("--force-host-devices", type=int, default=8)
-    ap.add_argument("--json", default=None)
+    ap.add_argument("--json", default=None, help="default: benchmarks/results/nano1_plan.json")
     args = ap.parse_args()
     if args.force_host_devices and "jax" not in sys.modules:
         os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.force_host_devices}"
@@ -45,9 +44,10 @@ def main() -> None:
     print(f"  student params + optimizer state (all devices): {gib(plan.state_bytes)}")
     print(f"  per device: arguments {gib(plan.per_device_argument_bytes)}, temporaries {gib(plan.per_device_temp_bytes)}, "
           f"peak {gib(plan.per_device_peak_bytes)}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(plan.as_dict() | {"args": vars(args)}, f, indent=2)
+    from benchmarks.workspace import result_path, write_result
+
+    path = write_result(args.json or result_path("nano1_plan"), plan.as_dict() | {"args": vars(args)})
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

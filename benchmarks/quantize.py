@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.bench_core import cpu_pressure
+from benchmarks.harness.core import cpu_pressure
+from benchmarks.workspace import result_path, work_dir, write_result
 
 
 NANO_ROWS = [  # (label, method, embed spec)
@@ -54,10 +55,11 @@ def _weights_digest(ckpt: Path) -> str:
 
 
 def bench_model(label: str, ckpt: Path, windows: np.ndarray, calib: np.ndarray, workdir: Path) -> dict:
-    from nano.checkpoint import flat_params, load_checkpoint, load_tokenizer, write_json
+    from nano.checkpoint import flat_params, load_checkpoint, load_tokenizer
+    from nano.files import write_json
     from nano.eval import evaluate
     from nano.gguf_io import write_gguf
-    from nano.llamacpp import LlamaCpp, gguf_bits_per_weight, quantize_gguf
+    from benchmarks.harness.llamacpp import LlamaCpp, gguf_bits_per_weight, quantize_gguf
     from nano.qcheckpoint import tensor_bytes
     from quantize.pipeline import quantize_model
     from quantize.recipe import Recipe, TensorSpec
@@ -131,15 +133,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--windows", type=int, default=40)
     ap.add_argument("--calib-rows", type=int, default=128)
-    ap.add_argument("--student", type=Path, default=Path("runs/bench-distill/distill/student"))
+    ap.add_argument("--student", type=Path, default=None, help="default: the student of benchmarks.distill_vs_ce")
     ap.add_argument("--models", default="teacher,student")
-    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--json", type=Path, default=result_path("quantize"))
     args = ap.parse_args()
 
     from benchmarks.heldout import teacher_heldout
     from nano.errors import NanoError
-    from nano.paths import cache_dir
     from quantize.run import calibration_tokens
+
+    args.student = args.student or work_dir("distill") / "distill" / "student"
 
     held = teacher_heldout(args.windows)
     teacher, tok, data, windows = held.teacher, held.tokenizer, held.data, held.windows
@@ -148,8 +151,7 @@ def main() -> None:
     wanted = args.models.split(",")
     if "student" in wanted and not (args.student / "config.json").is_file():
         raise SystemExit(f"{args.student}: no student; run `python -m benchmarks.distill_vs_ce` first or pass --student")
-    workdir = cache_dir() / "bench-quantize"
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = work_dir("quantize")
     pressure = cpu_pressure()
     results = {}
     for label in wanted:
@@ -169,9 +171,9 @@ def main() -> None:
             lin = f"{r['linear_bits_per_weight']:.3f}" if "linear_bits_per_weight" in r else ""
             sec = f"{r['quantize_seconds']:.0f}" if "quantize_seconds" in r else ""
             print(f"{name:<30}{r['perplexity']:>11.3f}{r['bits_per_weight']:>13.3f}{lin:>12}{gap:>12}{sec:>9}")
-    if args.json:
-        args.json.write_text(json.dumps({"windows": len(windows), "calibration": calib_info, "models": results,
-                                         "pressure": [pressure, cpu_pressure()]}, indent=2))
+    write_result(args.json, {"windows": len(windows), "calibration": calib_info, "models": results},
+                 pressure_before=pressure)
+    print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -36,12 +36,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", default="rtn,gptq")
     ap.add_argument("--calib-rows", type=int, default=16)
-    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--json", type=Path, default=None, help="default: benchmarks/results/quantize_nano1.json")
     args = ap.parse_args()
 
-    from nano.paths import cache_dir
+    from benchmarks.workspace import result_path, work_dir, write_result
 
-    work = cache_dir() / "bench-nano1"
+    work = work_dir("nano1")
     ckpt = work / "nano1-random-bf16"
     if not (ckpt / "config.json").is_file():
         subprocess.run([sys.executable, "-c", "from benchmarks.quantize_nano1 import make_checkpoint as m; "
@@ -76,8 +76,8 @@ def main() -> None:
     for m, r in results.items():
         print(f"{m:<8}{r['wall_seconds']:>9.0f}{r['peak_rss_gib']:>14.2f}{r['bytes'] / 2**30:>12.2f}"
               f"{r['bits_per_weight']:>13.3f}{str(r['calibration_tokens'] or '-'):>14}")
-    if args.json:
-        args.json.write_text(json.dumps({"source_bytes": src, "results": results}, indent=2))
+    path = write_result(args.json or result_path("quantize_nano1"), {"source_bytes": src, "results": results})
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

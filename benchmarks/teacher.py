@@ -12,7 +12,6 @@ Speeds are medians, printed as ratios to Nano; CPU pressure is printed before an
 """
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -21,7 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from benchmarks.bench_core import cpu_pressure
+from benchmarks.harness.core import cpu_pressure
+from benchmarks.workspace import result_path, write_result
 
 
 def median_rate(fn, windows, repeats: int) -> float:
@@ -41,7 +41,7 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--json", type=Path, default=result_path("teacher"))
     args = ap.parse_args()
 
     from nano.checkpoint import flat_params, load_checkpoint
@@ -49,7 +49,7 @@ def main() -> None:
     from nano.convert import assemble_packaged
     from nano.eval import evaluate
     from nano.gguf_io import write_gguf
-    from nano.llamacpp import LlamaCpp
+    from benchmarks.harness.llamacpp import LlamaCpp
     from nano.paths import cache_dir
 
     held = teacher_heldout(args.windows)
@@ -95,8 +95,8 @@ def main() -> None:
     for name, r in rows.items():
         print(f"{name:<20}{r['perplexity']:>11.3f}{base['perplexity'] / r['perplexity']:>15.4f}{r['score']:>13.0f}"
               f"{r['prefill']:>15.0f}{base['score'] / r['score']:>17.2f}{base['prefill'] / r['prefill']:>19.2f}")
-    if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "windows": len(windows), "pressure": cpu_pressure()}, indent=2))
+    write_result(args.json, {"rows": rows, "windows": len(windows)}, pressure_before=pressure_before)
+    print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -51,7 +51,8 @@ from jaxtyping import Array, Int
 from distill.targets import PAD_LOGPROB, SCHEMES, Targets, chunked_targets
 from nano import __version__
 from nano.atomic import atomic_file
-from nano.checkpoint import WEIGHTS, load_checkpoint, load_config, load_meta, write_json
+from nano.checkpoint import load_checkpoint, load_config, load_meta
+from nano.files import WEIGHTS, write_json
 from nano.data.shards import TokenSplit
 from nano.errors import NanoError
 from nano.model import Transformer

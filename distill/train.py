@@ -17,7 +17,8 @@ import optax
 from flax import nnx
 
 from distill.mesh import batch_sharding, make_mesh, replicated, tree_shardings
-from nano.checkpoint import load_checkpoint, load_meta, load_tokenizer, read_json, save_checkpoint, write_json
+from nano.checkpoint import load_checkpoint, load_meta, load_tokenizer, save_checkpoint
+from nano.files import read_json, write_json
 from nano.config import get_preset
 from nano.errors import NanoError
 from nano.eval import chunked_nll, evaluate

@@ -19,11 +19,12 @@ from tensorflow.lite.python.convert_phase import ConverterError
 
 from export.litertlm import llm_metadata, write_litertlm
 from export.tflite import default_lengths, export_params
-from nano.checkpoint import TOKENIZER, WEIGHTS, expected_shapes, load_config, load_tokenizer
+from nano.checkpoint import expected_shapes, load_config, load_tokenizer
+from nano.files import TOKENIZER, WEIGHTS
 from nano.config import ModelConfig
 from nano.errors import NanoError
 from nano.qcheckpoint import is_quantized, read_manifest, read_quantized
-from quantize.int4 import QTensor
+from nano.qtensor import QTensor
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total), as in quantize.run
 # Peak RSS of an export = imports and the weightless graph conversion (0.8 GiB for student_20m's

@@ -3,7 +3,7 @@
 - The weight inputs that `export.graph` adds to both signatures become constants holding the real
   weights, one buffer per weight shared by `prefill` and `decode`, named as the Nano parameter
   (`layers.0.attn.q.kernel`): float32, or Nano's own int4/int8 codes and scales -- INT4 (two codes
-  a byte, `quantize.pack`'s layout) or INT8 tensors of the (out, in) weight, per-channel scales
+  a byte, `nano.qtensor`'s layout) or INT8 tensors of the (out, in) weight, per-channel scales
   on dimension 0 or blockwise float16 scales (out, in // group), the layout ai-edge-quantizer
   writes and XNNPACK runs as dynamic-range kernels (int8 activations made on the fly, no
   DEQUANTIZE).
@@ -22,8 +22,8 @@ from ai_edge_litert import schema_py_generated as fb
 from ai_edge_litert.tools import flatbuffer_utils
 
 from nano.errors import NanoError
-from quantize.int4 import QTensor
-from quantize.pack import pack_int4, unpack_int4
+from nano.qtensor import QTensor
+from nano.qtensor import pack_int4, unpack_int4
 
 # A weight to bind: float32 in its input's layout (see export.graph), or a QTensor of the (in, out) matrix.
 Weight = np.ndarray | QTensor

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from nano.errors import NanoError
-from quantize.int4 import QTensor
+from nano.qtensor import QTensor
 
 BLOCK = 32  # weights per Q4_0 / Q8_0 block
 

@@ -36,11 +36,7 @@ from jax.experimental import jax2tf
 
 from nano.config import ModelConfig
 from nano.model import abstract_model
-
-
-def is_weight(name: str) -> bool:
-    """Parameters that become signature inputs (then constants, possibly int4/int8)."""
-    return name == "embed" or name.endswith(".kernel")
+from nano.params import is_matrix
 
 
 def _decoder(config: ModelConfig):
@@ -55,8 +51,8 @@ def _decoder(config: ModelConfig):
         name = ".".join(map(str, ["layers" if keys[0] == 0 else "final_norm", *keys[1:]]))
         names.append(name)
         shapes[name] = tuple(leaf.shape)
-    gains = [n for n in names if not is_weight(n)]
-    kernels = {n: shapes[n] for n in names if is_weight(n)}
+    gains = [n for n in names if not is_matrix(n)]
+    kernels = {n: shapes[n] for n in names if is_matrix(n)}
 
     def fn(gain_values, kernels_t, x, input_pos, caches):
         values = dict(zip(gains, gain_values)) | {n: jnp.transpose(w) for n, w in zip(kernels, kernels_t)}

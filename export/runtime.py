@@ -1,6 +1,6 @@
-"""Run an exported .tflite with ai_edge_litert's Interpreter the way LiteRT-LM drives it: prompt
-chunks of the prefill length (zero-padded tokens and positions), then one token per decode call,
-the KV-cache outputs fed back as the next call's inputs."""
+"""Run exported models: a .tflite's prefill/decode signatures the way LiteRT-LM drives them
+(`ChunkedLM`, on the Python Interpreter in `LiteRTModel`), and a .litertlm bundle in LiteRT-LM
+itself (`litertlm_generate`)."""
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -11,34 +11,23 @@ from ai_edge_litert.interpreter import Interpreter
 from nano.errors import NanoError
 
 
-class LiteRTModel:
-    def __init__(self, path: str | Path, *, num_threads: int = 2):
-        if not Path(path).is_file():
-            raise NanoError(f"{path}: no such .tflite file; export one with export_tflite")
-        self.interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
-        self._prefill = self.interpreter.get_signature_runner("prefill")
-        self._decode = self.interpreter.get_signature_runner("decode")
-        inputs = self._prefill.get_input_details()
-        self.prefill_len = int(inputs["tokens"]["shape"][1])
-        self._caches = {k: tuple(v["shape"]) for k, v in inputs.items() if k.startswith("kv_cache_")}
-        self.seq_len = int(inputs["kv_cache_k_0"]["shape"][2])
-        self.reset()
+class ChunkedLM:
+    """prefill/decode as LiteRT-LM drives the exported signatures, over `_run(signature, tokens,
+    input_pos) -> logits (V,)` that a runtime provides: prompt chunks of `prefill_len` while a
+    whole chunk fits the cache (zero-padded tokens and positions), then one token at a time."""
 
-    def reset(self) -> None:
-        self.kv = {k: np.zeros(shape, np.float32) for k, shape in self._caches.items()}
-        self.pos = 0
+    seq_len: int
+    prefill_len: int
+    pos: int
 
-    def _run(self, runner, tokens: np.ndarray, input_pos: np.ndarray) -> np.ndarray:
-        out = runner(tokens=tokens, input_pos=input_pos, **self.kv)
-        logits = out.pop("logits")
-        self.kv = out
-        return logits[0, 0]
+    def _run(self, signature: str, tokens: np.ndarray, input_pos: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
 
     def decode(self, token: int) -> np.ndarray:
         """Logits (V,) after `token` at the current position."""
         if self.pos >= self.seq_len:
             raise NanoError(f"context full ({self.seq_len} tokens); export with a larger seq_len or reset()")
-        logits = self._run(self._decode, np.array([[token]], np.int32), np.array([self.pos], np.int32))
+        logits = self._run("decode", np.array([[token]], np.int32), np.array([self.pos], np.int32))
         self.pos += 1
         return logits
 
@@ -56,12 +45,39 @@ class LiteRTModel:
             ids, pos = np.zeros((1, T), np.int32), np.zeros((T,), np.int32)
             ids[0, :len(chunk)] = chunk
             pos[:len(chunk)] = np.arange(self.pos, self.pos + len(chunk))
-            logits = self._run(self._prefill, ids, pos)
+            logits = self._run("prefill", ids, pos)
             self.pos += len(chunk)
             i += len(chunk)
         for t in tokens[i:]:  # the tail near the end of the cache, one token at a time
             logits = self.decode(t)
         return logits
+
+
+class LiteRTModel(ChunkedLM):
+    """The Python Interpreter's signature runners; the KV caches are copied in and out per call."""
+
+    def __init__(self, path: str | Path, *, num_threads: int = 2):
+        if not Path(path).is_file():
+            raise NanoError(f"{path}: no such .tflite file; export one with export_tflite")
+        self.interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
+        self._prefill = self.interpreter.get_signature_runner("prefill")
+        self._decode = self.interpreter.get_signature_runner("decode")
+        inputs = self._prefill.get_input_details()
+        self.prefill_len = int(inputs["tokens"]["shape"][1])
+        self._caches = {k: tuple(v["shape"]) for k, v in inputs.items() if k.startswith("kv_cache_")}
+        self.seq_len = int(inputs["kv_cache_k_0"]["shape"][2])
+        self.reset()
+
+    def reset(self) -> None:
+        self.kv = {k: np.zeros(shape, np.float32) for k, shape in self._caches.items()}
+        self.pos = 0
+
+    def _run(self, signature: str, tokens: np.ndarray, input_pos: np.ndarray) -> np.ndarray:
+        runner = self._prefill if signature == "prefill" else self._decode
+        out = runner(tokens=tokens, input_pos=input_pos, **self.kv)
+        logits = out.pop("logits")
+        self.kv = out
+        return logits[0, 0]
 
 
 _ALL_TOKENS = 1 << 30  # LiteRT-LM clamps top_k to the vocabulary

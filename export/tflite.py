@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 
 from export import flatbuffer
-from export.graph import convert, is_weight
+from export.graph import convert
 from nano.atomic import atomic_file
 from nano.checkpoint import expected_shapes, flat_params
 from nano.config import ModelConfig
 from nano.errors import NanoError
 from nano.model import Transformer
-from quantize.int4 import QTensor, qrange
+from nano.params import as_matrix, is_matrix, matrix_shape
+from nano.qtensor import QTensor, qrange
 
 # KV-cache length when the model allows it: every layer attends over all S positions (masked),
 # and nano1's float32 caches at 1024 take 21 x 2 x 1024 x 256 x 4 B = 44 MB.
@@ -40,18 +41,13 @@ def default_lengths(config: ModelConfig, seq_len: int | None = None,
     return S, T
 
 
-def _qtensor_shape(name: str, shape: tuple[int, ...]) -> tuple[int, int]:
-    """The (in, out) shape a QTensor must have: the kernel itself, or embed.T for the embedding."""
-    return (shape[1], shape[0]) if name == "embed" else shape
-
-
 def check_qtensors(shapes: Mapping[str, tuple[int, ...]], qtensors: Mapping[str, QTensor]) -> None:
     """Refuse QTensors LiteRT cannot hold; `shapes` are the model's parameter shapes."""
     for name, qt in qtensors.items():
-        if name not in shapes or not is_weight(name):
+        if name not in shapes or not is_matrix(name):
             raise NanoError(f"qtensors: {name!r} is not a kernel or the embedding of this model; "
                             "use names like 'layers.0.attn.q.kernel' or 'embed'")
-        want = _qtensor_shape(name, shapes[name])
+        want = matrix_shape(name, shapes[name])
         if tuple(qt.q.shape) != want:
             raise NanoError(f"{name}: QTensor codes have shape {tuple(qt.q.shape)}, expected {want} "
                             "(in, out; the embedding is quantized as embed.T)")
@@ -110,13 +106,12 @@ def export_params(config: ModelConfig, out: str | Path, *, floats: Mapping[str, 
     messages. No float copy of a quantized weight is ever made."""
     S, T = default_lengths(config, seq_len, prefill_len)
     check_params(config, floats, qtensors, source=source)
-    gains = {k: v for k, v in floats.items() if not is_weight(k)}
+    gains = {k: v for k, v in floats.items() if not is_matrix(k)}
     tfl = flatbuffer.load(convert(config, gains, seq_len=S, prefill_len=T))
     weights: dict[str, flatbuffer.Weight] = dict(qtensors)
     for name, w in floats.items():
-        if is_weight(name):  # kernels as (out, in) views: the writer copies one tensor at a time
-            w = np.asarray(w, np.float32)
-            weights[name] = w if name == "embed" else w.T
+        if is_matrix(name):  # kernels as (out, in) views: the writer copies one tensor at a time
+            weights[name] = as_matrix(name, np.asarray(w, np.float32)).T
     flatbuffer.place_weights(tfl, weights)
     with atomic_file(out) as f:
         flatbuffer.write(tfl, f)

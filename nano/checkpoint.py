@@ -1,5 +1,5 @@
-"""Nano checkpoints: a directory with `model.safetensors`, `config.json`, `meta.json` and,
-when known, the SentencePiece `tokenizer.model`. Never pickle; always written atomically.
+"""Nano checkpoints (the files are listed in `nano/files.py`): save a model, load one back, float
+or quantized (`nano/qcheckpoint.py` reads the codes). Never pickle; always written atomically.
 
 Tensor names are the model's parameter paths joined by dots (`layers.3.attn.q.kernel`).
 """
@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -18,16 +17,13 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from nano import __version__
-from nano.atomic import atomic_dir, atomic_file
+from nano.atomic import atomic_dir
 from nano.config import ModelConfig
 from nano.errors import NanoError
+from nano.files import CONFIG, META, TOKENIZER, WEIGHTS, read_json
 from nano.model import Transformer, abstract_model, set_compute_dtype
+from nano.qcheckpoint import dequantized_params, is_quantized
 
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
-META = "meta.json"
-TOKENIZER = "tokenizer.model"
-QUANT = "quantization.json"  # present in quantized checkpoints (nano/qcheckpoint.py)
 
 
 def _key(path: tuple) -> str:
@@ -86,12 +82,7 @@ def save_checkpoint(out: str | Path, model: Transformer, *, tokenizer=None,
 
 def load_config(ckpt: str | Path) -> ModelConfig:
     path = Path(ckpt) / CONFIG
-    if not path.is_file():
-        raise NanoError(f"{ckpt}: not a Nano checkpoint (no {CONFIG}); create one with `nano convert`")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise NanoError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+    data = read_json(path, missing=f"{ckpt}: not a Nano checkpoint (no {CONFIG}); create one with `nano convert`")
     return ModelConfig.from_dict(data, source=str(path))
 
 
@@ -104,9 +95,7 @@ def load_checkpoint(ckpt: str | Path, *, dtype=jnp.float32, param_dtype=None) ->
     """The model of a checkpoint; a quantized one (`nano quantize`) comes back dequantized."""
     config = load_config(ckpt)
     path = Path(ckpt) / WEIGHTS
-    if (Path(ckpt) / QUANT).is_file():
-        from nano.qcheckpoint import dequantized_params
-
+    if is_quantized(ckpt):
         return model_from_flat(config, dequantized_params(ckpt), source=str(path), dtype=dtype,
                                param_dtype=param_dtype)
     if not path.is_file():
@@ -125,24 +114,3 @@ def load_tokenizer(ckpt: str | Path):
     if not path.is_file():
         raise NanoError(f"{ckpt}: no {TOKENIZER} beside the checkpoint; convert the teacher with `nano convert` or copy its tokenizer.model here")
     return Tokenizer.load(path)
-
-
-def read_json(path: str | Path, *, missing: str, fix: str = "") -> Any:
-    """Parse a JSON file; a missing file raises NanoError(``missing``), bad JSON names the line."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise NanoError(missing) from None
-    except json.JSONDecodeError as e:
-        raise NanoError(f"{path}: invalid JSON ({e.msg} at line {e.lineno}){'; ' + fix if fix else ''}") from None
-
-
-def write_json(path: str | Path, data: Any) -> None:
-    with atomic_file(path, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-        f.write("\n")
-
-
-def tree_size_bytes(model: Transformer) -> int:
-    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

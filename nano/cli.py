@@ -179,7 +179,7 @@ def eval_cmd(
     if json_out == "-":
         sys.stdout.write(json.dumps(row, indent=2) + "\n")
     elif json_out:
-        from nano.checkpoint import write_json
+        from nano.files import write_json
 
         write_json(json_out, row)
 
@@ -348,7 +348,7 @@ def bench(
     prompt_lens: Annotated[str, typer.Option(help="Prompt lengths (comma-separated); decode runs after each.")] = "128,512,896",
     decode_tokens: Annotated[int, typer.Option(help="Decode steps per prompt.")] = 128,
     repeats: Annotated[int, typer.Option(help="Rounds; each round runs every runtime once, in turn.")] = 3,
-    android: Annotated[bool, typer.Option(help="Also run on the attached adb device (see benchmarks/bench_android.py).")] = False,
+    android: Annotated[bool, typer.Option(help="Also run on the attached adb device (see benchmarks/harness/android.py).")] = False,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the full result as JSON.")] = None,
     plot_out: Annotated[Optional[Path], typer.Option("--plot", help="Write latency vs context length as a PNG.")] = None,
 ) -> None:
@@ -356,18 +356,15 @@ def bench(
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from benchmarks.bench import format_report, plot, run_bench
+    from benchmarks.harness.run import format_report, parse_prompt_lens, plot, run_bench
 
-    try:
-        lens = [int(p) for p in prompt_lens.split(",") if p.strip()]
-    except ValueError:
-        raise NanoError(f"--prompt-lens {prompt_lens!r}: give integers like 128,512") from None
+    lens = parse_prompt_lens(prompt_lens)
     with progress_bar() as report:
         result = run_bench(model, threads=threads, prompt_lens=lens, decode_tokens=decode_tokens, repeats=repeats,
                            compare_llamacpp=gguf, android=android, progress=report)
     console.print(format_report(result), highlight=False, markup=False)
     if json_out:
-        from nano.checkpoint import write_json
+        from nano.files import write_json
 
         write_json(json_out, result)
     if plot_out:

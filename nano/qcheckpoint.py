@@ -6,7 +6,7 @@ A quantized checkpoint is an ordinary checkpoint directory (`config.json`, `meta
     P.q      codes, laid out (out, in) row-major: one row per output channel (for `embed`,
              one row per vocabulary entry). 4 bits: uint8 (out, in/2), two codes per byte
              along `in`, low nibble first, 4-bit two's complement when symmetric
-             (`quantize/pack.py`). 8 bits: int8 (uint8 when asymmetric) (out, in).
+             (`nano/qtensor.py`). 8 bits: int8 (uint8 when asymmetric) (out, in).
     P.scale  bfloat16 (out, in/group), or (out, 1) per channel.
     P.zero   bfloat16 like P.scale, asymmetric only (zero point in code units, not rounded).
 
@@ -16,7 +16,7 @@ and every other parameter (norm gains, unquantized tensors) under its own name a
 This is the layout of TFLite's int4/int8 fully-connected weights and of GGUF's blocks, so
 exporters read the codes without transposing. `quantization.json` lists each quantized
 tensor (bits, group, symmetric, method, errors), the recipe, the calibration data and the
-source checkpoint. `embed` is quantized as the LM head sees it (in = d_model, out = vocab).
+source checkpoint. `embed` is quantized as the LM head sees it (in = d_model, out = vocab; `nano/params.py`).
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from nano.atomic import atomic_dir
-from nano.checkpoint import CONFIG, META, QUANT, TOKENIZER, WEIGHTS, read_json
+from nano.files import CONFIG, META, QUANT, TOKENIZER, WEIGHTS, read_json
+from nano.params import as_matrix
 from nano.errors import NanoError
-from quantize.int4 import QTensor, dequantize
-from quantize.pack import pack_int4, unpack_int4
+from nano.qtensor import QTensor, dequantize, pack_int4, unpack_int4
 
 FORMAT = "nano-quant/1"
 SCALE_DTYPE = ml_dtypes.bfloat16  # exporters need bf16-representable scales (LiteRT blockwise)
@@ -43,15 +43,6 @@ SCALE_DTYPE = ml_dtypes.bfloat16  # exporters need bf16-representable scales (Li
 
 def is_quantized(ckpt: str | Path) -> bool:
     return (Path(ckpt) / QUANT).is_file()
-
-
-def param_to_matrix(name: str, w: np.ndarray) -> np.ndarray:
-    """The (in, out) matrix quantized for parameter ``name`` (the embedding as the LM head)."""
-    return w.T if name == "embed" else w
-
-
-def matrix_to_param(name: str, m: np.ndarray) -> np.ndarray:
-    return m.T if name == "embed" else m
 
 
 def encode(name: str, qt: QTensor) -> dict[str, np.ndarray]:
@@ -153,6 +144,6 @@ def dequantized_params(ckpt: str | Path) -> dict[str, np.ndarray]:
     floats, qtensors, _ = read_quantized(ckpt)
     flat = dict(floats)
     for name, qt in qtensors.items():
-        flat[name] = matrix_to_param(name, dequantize(qt))
+        flat[name] = as_matrix(name, dequantize(qt))
     return flat
 

@@ -1,1 +1,2 @@
-"""4-bit weight quantization: the pure math (RTN, MSE clipping, GPTQ, AWQ) and int4 packing."""
+"""4-bit weight quantization: the pure math (RTN, MSE clipping, GPTQ, AWQ), recipes, calibration
+and the layer-by-layer driver. The stored form (QTensor, nibbles, the checkpoint) is in `nano/`."""

@@ -24,7 +24,9 @@ import numpy as np
 
 from nano.errors import NanoError
 
-from .int4 import QTensor, check_args, dequantize, quantize
+from nano.qtensor import QTensor, dequantize
+
+from .int4 import check_args, quantize
 
 
 def search_scales(w, x, *, bits: int = 4, group: int | None = 32, symmetric: bool = True,

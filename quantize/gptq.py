@@ -45,7 +45,9 @@ import numpy as np
 
 from nano.errors import NanoError
 
-from .int4 import QTensor, check_args, codes, grouped, params, values
+from nano.qtensor import QTensor, values
+
+from .int4 import check_args, codes, grouped, params
 from .mse import search_params
 from .stats import InputStats
 

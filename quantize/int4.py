@@ -2,7 +2,7 @@
 
 Like gguf-py's ``quants.py`` (algorithms) as opposed to ``gguf_writer.py`` (formats), this module
 knows nothing of TFLite, GGUF or safetensors; exporters turn a :class:`QTensor` into bytes (see
-:mod:`quantize.pack` for the nibble layout).
+:mod:`nano.qtensor` for the stored form and nibble layout).
 
 Layout. Nano stores kernels as ``w`` of shape ``(in, out)`` and computes ``x @ w``. Quantization
 runs along the *input* dimension: for each output column, groups of ``group`` consecutive rows
@@ -47,50 +47,17 @@ dequantizes to exact zeros, never NaN/inf.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from nano.errors import NanoError
+from nano.qtensor import QTensor, qrange
 
 BITS = (4, 8)
 CONVENTIONS = ("max7", "q4_0")
 
 
-@dataclass(frozen=True)
-class QTensor:
-    """Integer codes plus per-group parameters of a quantized ``(in, out)`` matrix.
-
-    q:     int8, same shape as the weight; [-2**(bits-1), 2**(bits-1)-1] symmetric, [0, 2**bits-1]
-           asymmetric (uint8 for asymmetric 8 bits, whose codes 0..255 do not fit int8).
-    scale: float32, ``(in // group, out)`` or ``(1, out)`` for ``group=None``.
-    zero:  float32 like ``scale`` (asymmetric, in code units) or ``None`` (symmetric).
-    """
-
-    q: np.ndarray
-    scale: np.ndarray
-    zero: np.ndarray | None
-    bits: int
-    group: int | None
-
-    @property
-    def symmetric(self) -> bool:
-        return self.zero is None
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.q.shape
-
-
 def _label(name: str | None) -> str:
     return f" of '{name}'" if name else ""
-
-
-def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
-    """Smallest and largest integer code."""
-    if symmetric:
-        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    return 0, 2**bits - 1
 
 
 def check_args(w, bits: int, group: int | None, name: str | None = None,
@@ -171,14 +138,6 @@ def codes(wg: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, bits: int)
     return q.astype(np.uint8 if hi > 127 else np.int8)
 
 
-def values(q: np.ndarray, scale: np.ndarray, zero: np.ndarray | None) -> np.ndarray:
-    """Dequantized float32 values of codes ``q`` with broadcastable scale/zero."""
-    q = q.astype(np.float32)
-    if zero is not None:
-        q = q - zero
-    return (q * scale).astype(np.float32)
-
-
 def from_grouped(qg: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, bits: int,
                  group: int | None) -> QTensor:
     """Assemble a QTensor from grouped codes (G, g, out) and parameters (G, 1, out)."""
@@ -195,12 +154,3 @@ def quantize(w, *, bits: int = 4, group: int | None = 32, symmetric: bool = True
     wg = grouped(w, group)
     scale, zero = params(wg, bits, symmetric, convention=convention, scale_dtype=scale_dtype)
     return from_grouped(codes(wg, scale, zero, bits), scale, zero, bits, group)
-
-
-def dequantize(qt: QTensor) -> np.ndarray:
-    """float32 (in, out) matrix represented by ``qt``."""
-    n_in, n_out = qt.q.shape
-    G = qt.scale.shape[0]
-    qg = qt.q.reshape(G, n_in // G, n_out)
-    zero = None if qt.zero is None else qt.zero[:, None, :]
-    return values(qg, qt.scale[:, None, :], zero).reshape(n_in, n_out)

@@ -17,7 +17,9 @@ import numpy as np
 
 from nano.errors import NanoError
 
-from .int4 import QTensor, check_args, codes, from_grouped, grouped, params, values
+from nano.qtensor import QTensor, values
+
+from .int4 import check_args, codes, from_grouped, grouped, params
 
 
 def clip_ratios(steps: int = 20, min_ratio: float = 0.5) -> np.ndarray:

@@ -26,13 +26,15 @@ from flax import nnx
 
 from nano.errors import NanoError
 from nano.model import Transformer
+from nano.params import as_matrix, is_matrix, matrix_shape
+from nano.qtensor import QTensor, dequantize
 
 from .awq import search_scales_from_moments
 from .calibrate import SITE_OF, Activations
 from .gptq import GPTQ
-from .int4 import QTensor, check_args, dequantize, quantize
+from .int4 import check_args, quantize
 from .mse import quantize_mse
-from .recipe import Recipe, TensorSpec, quantizable
+from .recipe import CALIBRATED, NO_CALIBRATION, Recipe, TensorSpec
 from .stats import InputStats
 
 Progress = Callable[[str, int, int], None]
@@ -64,12 +66,11 @@ def _write(model: Transformer, name: str, value: np.ndarray) -> None:
 
 
 def _matrix(model: Transformer, name: str) -> np.ndarray:
-    w = _read(model, name)
-    return w.T if name == "embed" else w
+    return as_matrix(name, _read(model, name))
 
 
 def _set_matrix(model: Transformer, name: str, m: np.ndarray) -> None:
-    _write(model, name, m.T if name == "embed" else m)
+    _write(model, name, as_matrix(name, m))
 
 
 def plan(model: Transformer, recipe: Recipe) -> dict[str, TensorSpec]:
@@ -77,9 +78,9 @@ def plan(model: Transformer, recipe: Recipe) -> dict[str, TensorSpec]:
     specs = {}
     for path, param in _params(model):
         spec = recipe.spec_for(path)
-        if spec is None or not quantizable(path, param.shape):
+        if spec is None or not is_matrix(path):
             continue
-        n_in = param.shape[1] if path == "embed" else param.shape[0]
+        n_in, _ = matrix_shape(path, param.shape)
         check_args(np.zeros((n_in, 1), np.float32), spec.bits, spec.group, path)  # group divides width
         if spec.bits == 4 and n_in % 2:
             raise NanoError(f"'{path}': int4 needs an even input width, got {n_in}; give it bits 8 in the recipe")
@@ -156,9 +157,9 @@ def quantize_model(model: Transformer, recipe: Recipe, calib: np.ndarray | None 
     """
     start = time.perf_counter()
     specs = plan(model, recipe)
-    calibrated = any(s.method in ("gptq", "awq") for s in specs.values())
+    calibrated = recipe.needs_calibration(specs)
     if calibrated and (calib is None or len(calib) == 0):
-        raise NanoError("gptq/awq need calibration text; pass --calib (a prepared data dir or text files)")
+        raise NanoError(NO_CALIBRATION)
     qtensors: dict[str, QTensor] = {}
     report: dict[str, dict[str, Any]] = {}
     report_progress = progress or (lambda *a: None)
@@ -187,7 +188,7 @@ def quantize_model(model: Transformer, recipe: Recipe, calib: np.ndarray | None 
         prefix = f"layers.{i}."
         names = [f"{prefix}{lin}.kernel" for lin in SITE_OF if f"{prefix}{lin}.kernel" in specs]
         stats: dict[str, InputStats] = {}
-        if acts is not None and any(specs[n].method in ("gptq", "awq") for n in names):
+        if acts is not None and any(specs[n].method in CALIBRATED for n in names):
             t0 = time.perf_counter()
             stats = acts.block_stats(block)
             forward += time.perf_counter() - t0

@@ -19,11 +19,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from nano.checkpoint import read_json
+from nano.files import read_json
 from nano.errors import NanoError
+from nano.params import is_matrix
 
 METHODS = ("rtn", "mse", "gptq", "awq")
 CALIBRATED = ("gptq", "awq")  # methods that need activations
+NO_CALIBRATION = "gptq/awq need calibration text; pass --calib (a prepared data dir or text files)"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -94,7 +96,9 @@ class Recipe:
         return spec
 
     def needs_calibration(self, names) -> bool:
-        return any((s := self.spec_for(n)) is not None and s.method in CALIBRATED for n in names)
+        """Whether a weight matrix among parameter ``names`` gets a method that reads activations."""
+        return any(is_matrix(n) and (s := self.spec_for(n)) is not None and s.method in CALIBRATED
+                   for n in names)
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self.default),
@@ -140,7 +144,3 @@ class Recipe:
             raise NanoError(f"{path}: a recipe is a JSON object")
         return cls.from_dict({**data, **cli}, source=str(path))
 
-
-def quantizable(name: str, shape: tuple[int, ...]) -> bool:
-    """Linear kernels and the tied embedding; norms and anything not 2-D stay float."""
-    return len(shape) == 2 and (name == "embed" or name.endswith(".kernel"))

@@ -10,12 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from nano.checkpoint import WEIGHTS, load_checkpoint, load_config, load_meta, load_tokenizer
+from nano.checkpoint import load_checkpoint, load_config, load_meta, load_tokenizer
+from nano.files import WEIGHTS
 from nano.errors import NanoError
 from nano.qcheckpoint import is_quantized, read_manifest, save_quantized, tensor_bytes
 
 from .pipeline import plan, quantize_model
-from .recipe import Recipe
+from .recipe import NO_CALIBRATION, Recipe
 
 Progress = Callable[[str, int, int], None]
 
@@ -93,9 +94,9 @@ def quantize_checkpoint(ckpt: str | Path, out: str | Path, *, recipe: Recipe, ca
     specs = plan(model, recipe)  # bad groups/overrides fail here, before calibration work
     if not specs:
         raise NanoError("recipe: no tensor is quantized (every override is \"float\"?)")
-    if any(s.method in ("gptq", "awq") for s in specs.values()):
+    if recipe.needs_calibration(specs):
         if calib is None:
-            raise NanoError("gptq/awq need calibration text; pass --calib")
+            raise NanoError(NO_CALIBRATION)
         calib_tokens, calib_info = calibration_tokens(calib, tokenizer, rows=calib_rows, length=calib_len)
 
     report = progress or (lambda *a: None)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from benchmarks import bench_android
-from benchmarks.bench import _model_files, format_report, plot, run_bench
-from benchmarks.bench_core import memory_bandwidth
-from benchmarks.bench_litert import CompiledLM, read_layout
+from benchmarks.harness import android as bench_android
+from benchmarks.harness.run import _model_files, format_report, plot, run_bench
+from benchmarks.harness.core import memory_bandwidth
+from benchmarks.harness.litert import CompiledLM, read_layout
 from export.litertlm import llm_metadata, write_litertlm
 from export.runtime import LiteRTModel
 from export.tflite import export_tflite

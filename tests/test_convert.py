@@ -64,7 +64,7 @@ def _log_softmax(x):
 
 def test_matches_llama_cpp(tiny_gguf, tiny_tokenizer):
     """Independent reference: llama.cpp runs the same weights (F32 GGUF); 40 tokens > window 8."""
-    from nano.llamacpp import LlamaCpp
+    from benchmarks.harness.llamacpp import LlamaCpp
 
     path, model = tiny_gguf
     ref = LlamaCpp(path, window=64, threads=2)

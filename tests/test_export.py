@@ -19,7 +19,8 @@ from nano.checkpoint import flat_params, model_from_flat
 from nano.config import get_preset
 from nano.errors import NanoError
 from nano.model import Transformer, init_cache
-from quantize.int4 import dequantize, quantize
+from nano.qtensor import dequantize
+from quantize.int4 import quantize
 
 PROMPT = [2, 17, 300, 42, 7]
 STEPS = 8

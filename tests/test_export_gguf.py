@@ -10,7 +10,7 @@ from nano.config import get_preset
 from nano.errors import NanoError
 from nano.gguf_io import read_gguf
 from nano.qcheckpoint import dequantized_params
-from quantize.int4 import QTensor
+from nano.qtensor import QTensor
 from quantize.recipe import Recipe, TensorSpec
 from quantize.run import quantize_checkpoint
 
@@ -73,7 +73,7 @@ def test_llama_cpp_runs_it_as_the_dequantized_model(quantized, tiny_tokenizer, t
     pytest.importorskip("llama_cpp")
     from nano.checkpoint import load_checkpoint
     from nano.gguf_io import write_gguf
-    from nano.llamacpp import LlamaCpp
+    from benchmarks.harness.llamacpp import LlamaCpp
     from tests.test_convert import _log_softmax
 
     float_ckpt, ckpt, summary = quantized

@@ -17,7 +17,8 @@ from nano.cli import app
 from nano.errors import NanoError
 from nano.qcheckpoint import decode, encode, read_quantized
 from quantize.calibrate import Activations
-from quantize.int4 import dequantize, quantize
+from nano.qtensor import dequantize
+from quantize.int4 import quantize
 from quantize.pipeline import _fold, quantize_model
 from quantize.recipe import Recipe, TensorSpec
 from quantize.run import calibration_tokens, quantize_checkpoint

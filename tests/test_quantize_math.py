@@ -1,15 +1,15 @@
-"""quantize/{int4,pack,mse,gptq,awq}: exact values on hand-made inputs, bit-exact nibble packing,
+"""quantize/{int4,mse,gptq,awq} and nano/qtensor: exact values on hand-made inputs, bit-exact nibble packing,
 clipping/GPTQ/AWQ never worse than round-to-nearest, GPTQ == RTN for H = I, argument checks."""
 
 import numpy as np
 import pytest
 
 from nano.errors import NanoError
+from nano.qtensor import QTensor, dequantize, pack_int4, unpack_int4
 from quantize.awq import search_scales
 from quantize.gptq import GPTQ
-from quantize.int4 import QTensor, dequantize, quantize
+from quantize.int4 import quantize
 from quantize.mse import quantize_mse
-from quantize.pack import pack_int4, unpack_int4
 
 
 def sse(a, b):

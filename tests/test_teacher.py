@@ -30,7 +30,7 @@ def test_imported_config_is_the_preset(teacher_ckpt):
 
 def test_logits_match_llama_cpp_f32(teacher, teacher_f32_gguf, heldout):
     """Mean KL(llama.cpp || ours) <= 1e-3 over >= 1,000 held-out tokens (F32 GGUF of our weights)."""
-    from nano.llamacpp import LlamaCpp
+    from benchmarks.harness.llamacpp import LlamaCpp
 
     ref = LlamaCpp(teacher_f32_gguf, window=512)
     kls = []
@@ -48,7 +48,7 @@ def test_logits_match_llama_cpp_f32(teacher, teacher_f32_gguf, heldout):
 
 
 def test_greedy_continuation_matches_llama_cpp(teacher, teacher_f32_gguf, teacher_tokenizer):
-    from nano.llamacpp import LlamaCpp
+    from benchmarks.harness.llamacpp import LlamaCpp
 
     prompt = teacher_tokenizer.encode("SQLite is a C-language library that", add_bos=True)
     ours = list(generate(teacher, prompt, max_new_tokens=32))
@@ -58,7 +58,7 @@ def test_greedy_continuation_matches_llama_cpp(teacher, teacher_f32_gguf, teache
 
 def test_perplexity_within_2pct_of_llama_cpp(teacher, teacher_gguf, heldout):
     """`nano eval`'s scoring vs llama.cpp on the original Q4_K_M file, same windows and tokens."""
-    from nano.llamacpp import LlamaCpp
+    from benchmarks.harness.llamacpp import LlamaCpp
 
     ours = evaluate(teacher, heldout)
     theirs = LlamaCpp(teacher_gguf, window=512).perplexity(heldout)

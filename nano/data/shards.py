@@ -34,10 +34,6 @@ class TokenSplit:
     def num_tokens(self) -> int:
         return len(self.tokens)
 
-    @property
-    def num_documents(self) -> int:
-        return len(self.doc_offsets) - 1
-
     @classmethod
     def open(cls, data_dir: str | Path, split: str) -> "TokenSplit":
         data_dir = Path(data_dir)

@@ -1,9 +1,6 @@
 """`nano bench`: latency of an exported model on this CPU (LiteRT CompiledModel, LiteRT-LM) next to
 llama.cpp on a GGUF of the same weights, measured in the same run; optionally on a phone over adb.
 
-    .venv/bin/python -m benchmarks.bench model.tflite [--gguf model-q4_0.gguf] [--threads 2]
-        [--prompt-lens 128,512,896] [--decode-tokens 128] [--repeats 3] [--json out.json] [--plot out.png]
-
 Per runtime and prompt length P (also the context the decode steps run at, P .. P+decode_tokens):
 time to first token (prefill of P tokens + one decode step), prefill tokens/s, decode ms/token
 (median and p90 over all steps) and tokens/s. Each runtime runs in its own child process, so its
@@ -17,23 +14,30 @@ real traffic is higher than this ideal count. Timings on a shared machine are no
 measured in the same run, and the CPU pressure printed with them.
 """
 
-import argparse
 import dataclasses
-import json
-import os
-import platform
 import statistics
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_core import cpu_pressure, memory_bandwidth, pool, run_child, timing_row
+from benchmarks.harness.core import cpu_info, cpu_pressure, memory_bandwidth, pool, run_child, timing_row
 from nano.errors import NanoError
 
 DEFAULT_PROMPT_LENS = (128, 512, 896)  # + 128 decode steps fills a 1024-position cache
 DEFAULT_DECODE_TOKENS = 128
 Progress = Callable[[str, int, int], None]  # (stage, done, total), as in export.checkpoint
+
+
+def parse_prompt_lens(text: str) -> tuple[int, ...]:
+    """``"128,512"`` -> (128, 512); anything else is a one-line NanoError."""
+    try:
+        lens = tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise NanoError(f"--prompt-lens {text!r}: give integers like 128,512") from None
+    if not lens or min(lens) < 1:
+        raise NanoError(f"--prompt-lens {text!r}: give one or more lengths >= 1, e.g. 128,512")
+    return lens
 
 
 def _check_args(prompt_lens: Sequence[int], decode_tokens: int, repeats: int, threads: int) -> tuple[int, ...]:
@@ -49,7 +53,7 @@ def _check_args(prompt_lens: Sequence[int], decode_tokens: int, repeats: int, th
 def _model_files(model_path: str | Path, tmp: Path) -> tuple[Path, Path | None]:
     """(.tflite to run, .litertlm or None): a bundle's own .tflite section, or a .tflite and the
     bundle export_checkpoint writes beside it."""
-    from benchmarks.bench_litert import extract_tflite
+    from benchmarks.harness.litert import extract_tflite
 
     path = Path(model_path).absolute()  # children may run elsewhere
     if not path.is_file():
@@ -118,9 +122,9 @@ def run_bench(model_path: str | Path, *, threads: int = 2, prompt_lens: Sequence
     rounds, each running every runtime once in turn (fresh process, fresh caches), so a busy spell
     on a shared machine hits all runtimes alike; medians pool the rounds. Returns a JSON-ready
     dict; never asserts on time."""
-    from benchmarks.bench_litert import (litertlm_first_run, litertlm_row, measure_compiled, measure_litertlm,
+    from benchmarks.harness.litert import (litertlm_first_run, litertlm_row, measure_compiled, measure_litertlm,
                                          pack_weight_cache, read_layout)
-    from benchmarks.bench_llamacpp import measure_llamacpp
+    from benchmarks.harness.llamacpp import measure_llamacpp
 
     lens = _check_args(prompt_lens, decode_tokens, repeats, threads)
     report = progress or (lambda *a: None)
@@ -136,7 +140,7 @@ def run_bench(model_path: str | Path, *, threads: int = 2, prompt_lens: Sequence
                             f"{layout.seq_len} positions in {tflite}; use shorter prompt_lens / fewer decode_tokens "
                             "or export with a larger seq_len")
         if android:  # refuse before the desktop runs, not after
-            from benchmarks.bench_android import phone_binary, pick_device
+            from benchmarks.harness.android import phone_binary, pick_device
 
             if bundle is None:
                 raise NanoError(f"{model_path}: the phone runs a .litertlm bundle; export with litertlm=True")
@@ -178,7 +182,7 @@ def run_bench(model_path: str | Path, *, threads: int = 2, prompt_lens: Sequence
             _add_bounds(entry, bandwidth_gb_s=bandwidth["bandwidth_gb_s"], decode_tokens=decode_tokens)
             runtimes[name] = entry
         if android:
-            from benchmarks.bench_android import run_android
+            from benchmarks.harness.android import run_android
 
             report("android", total - 1, total)
             runtimes["android"] = run_android(bundle, binary=android_binary, threads=threads, prompt_lens=lens,
@@ -191,19 +195,10 @@ def run_bench(model_path: str | Path, *, threads: int = 2, prompt_lens: Sequence
                          "repeats": repeats, "prompt": "seeded random ids (seed 0), greedy decode",
                          "litert_lm_note": "LiteRT-LM's own benchmark: its prompt zero-padded to P tokens, "
                                            "TTFT = prefill + one mean decode step, one decode rate per run"},
-            "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), **bandwidth,
+            "machine": {**cpu_info(), **bandwidth,
                         "cpu_pressure_before": pressure, "cpu_pressure_after": cpu_pressure()},
             "runtimes": runtimes, "speedup_vs_llama_cpp": _speedups(runtimes)}
 
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def plot(result: dict, path: str | Path) -> Path:
@@ -265,36 +260,3 @@ def format_report(result: dict) -> str:
                           f"TTFT {r['ttft']:.2f}x" for r in rows)
         lines.append(f"{name} vs llama.cpp (>1 = faster): {parts}")
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", type=Path)
-    ap.add_argument("--gguf", type=Path, default=None, help="llama.cpp comparator: a GGUF of the same weights")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--prompt-lens", default=",".join(map(str, DEFAULT_PROMPT_LENS)))
-    ap.add_argument("--decode-tokens", type=int, default=DEFAULT_DECODE_TOKENS)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--android", action="store_true", help="also run on the adb device (see bench_android.py)")
-    ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--plot", type=Path, default=None)
-    args = ap.parse_args(argv)
-    try:
-        lens = [int(p) for p in args.prompt_lens.split(",") if p.strip()]
-    except ValueError:
-        raise SystemExit(f"error: --prompt-lens {args.prompt_lens!r}: give integers like 128,512") from None
-    try:
-        result = run_bench(args.model, threads=args.threads, prompt_lens=lens, decode_tokens=args.decode_tokens,
-                           repeats=args.repeats, compare_llamacpp=args.gguf, android=args.android,
-                           progress=lambda stage, done, total: print(f"[{done}/{total}] {stage}", flush=True))
-    except NanoError as e:
-        raise SystemExit(f"error: {e}") from None
-    print(format_report(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-    if args.plot:
-        plot(result, args.plot)
-
-
-if __name__ == "__main__":
-    main()

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 from ai_edge_litert import schema_py_generated as fb
 
-from benchmarks.bench_core import prompt_tokens, rss_by_mapping, time_generation
+from benchmarks.harness.core import prompt_tokens, rss_by_mapping, time_generation
+from export.runtime import ChunkedLM
 from nano.errors import NanoError
 
 SIGNATURES = ("prefill", "decode")
@@ -86,15 +87,16 @@ def read_layout(path: str | Path) -> Layout:
                   vocab=outs["logits"][-1])
 
 
-class CompiledLM:
-    """prefill/decode on LiteRT's CompiledModel (XNNPACK), caches in place; same chunking as
-    export.runtime.LiteRTModel so the two give the same logits for the same tokens."""
+class CompiledLM(ChunkedLM):
+    """prefill/decode on LiteRT's CompiledModel (XNNPACK), caches in place; the chunking of
+    export.runtime.ChunkedLM, so it gives LiteRTModel's logits for the same tokens."""
 
     def __init__(self, path: str | Path, *, threads: int = 2, weight_cache: str | Path | None = None):
         from ai_edge_litert.compiled_model import CompiledModel
         from ai_edge_litert.options import CpuOptions, Options
 
         self.layout = read_layout(path)
+        self.seq_len, self.prefill_len = self.layout.seq_len, self.layout.prefill_len
         cpu = CpuOptions(num_threads=threads, xnnpack_weight_cache_path=str(weight_cache or ""))
         self.model = CompiledModel.from_file(str(path), options=Options(cpu_options=cpu))
         names = self.model.get_signature_list()["decode"]["inputs"]
@@ -119,33 +121,6 @@ class CompiledLM:
         ins["input_pos"].write(pos)
         self.model.run_by_name(sig, {**ins, **self.kv}, {**outs, **self.kv})  # same KV buffers both ways
         return outs["logits"].read(self.layout.vocab, np.float32)
-
-    def decode(self, token: int) -> np.ndarray:
-        if self.pos >= self.layout.seq_len:
-            raise NanoError(f"context full ({self.layout.seq_len} tokens); reset() or export a larger seq_len")
-        logits = self._run("decode", np.array([[token]], np.int32), np.array([self.pos], np.int32))
-        self.pos += 1
-        return logits
-
-    def prefill(self, tokens: Sequence[int]) -> np.ndarray:
-        """Zero-padded chunks of prefill_len while a whole chunk fits, then the tail one by one."""
-        tokens = [int(t) for t in tokens]
-        S, T = self.layout.seq_len, self.layout.prefill_len
-        if not tokens or self.pos + len(tokens) > S:
-            raise NanoError(f"{len(tokens)} prompt tokens at position {self.pos} do not fit the cache of {S}; "
-                            "shorten the prompt")
-        i = 0
-        while i < len(tokens) and self.pos + T <= S:
-            chunk = tokens[i:i + T]
-            ids, pos = np.zeros((1, T), np.int32), np.zeros((T,), np.int32)
-            ids[0, :len(chunk)] = chunk
-            pos[:len(chunk)] = np.arange(self.pos, self.pos + len(chunk))
-            logits = self._run("prefill", ids, pos)
-            self.pos += len(chunk)
-            i += len(chunk)
-        for t in tokens[i:]:
-            logits = self.decode(t)
-        return logits
 
 
 def pack_weight_cache(path: str, *, threads: int, weight_cache: str) -> dict[str, Any]:

@@ -4,6 +4,7 @@ own), one timing loop for all engines, summary statistics and the machine's memo
 import importlib
 import json
 import os
+import platform
 import resource
 import statistics
 import subprocess
@@ -18,9 +19,9 @@ import numpy as np
 
 from nano.errors import NanoError
 
-ROOT = Path(__file__).resolve().parents[1]  # the repository: children import benchmarks.* from it
+ROOT = Path(__file__).resolve().parents[2]  # the repository: children import benchmarks.* from it
 CHILD_TIMEOUT_S = 3600  # a hung native runtime must not hang the benchmark
-CHILD = "import sys; from benchmarks.bench_core import _child; _child(*sys.argv[1:3])"
+CHILD = "import sys; from benchmarks.harness.core import _child; _child(*sys.argv[1:3])"
 
 
 def peak_rss_bytes() -> int:
@@ -184,6 +185,25 @@ def memory_bandwidth(*, threads: int = 2, mib: int = 256, runs: int = 5) -> dict
     copy, copy_runs = rate(lambda: np.copyto(b, a), 2 * a.nbytes)
     return {"bandwidth_gb_s": max(read, copy), "read_gb_s": read, "copy_gb_s": copy,
             "read_runs": read_runs, "copy_runs": copy_runs, "mib": mib, "threads": threads}
+
+
+SIMD_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+              "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")  # the ones the CPU kernels choose by
+
+
+def cpu_info() -> dict[str, Any]:
+    """CPU model, core count and the SIMD flags that decide which kernels run: ratios measured on
+    one kind of CPU do not transfer to another, so every figure carries these."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())  # the first processor's
+    except OSError:
+        pass
+    flags = set(fields.get("flags", "").split())
+    return {"cpu": fields.get("model name") or platform.processor() or platform.machine(),
+            "cores": os.cpu_count(), "cpu_flags": [f for f in SIMD_FLAGS if f in flags]}
 
 
 def cpu_pressure() -> str:

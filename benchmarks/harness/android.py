@@ -62,7 +62,7 @@ def phone_binary(binary: str | Path | None = None) -> Path:
     binary = binary or os.environ.get("NANO_LITERT_LM_MAIN")
     if not binary or not Path(binary).is_file():
         raise NanoError("android: no litert_lm_main binary for the phone; build or download it and pass "
-                        "binary= or set NANO_LITERT_LM_MAIN (see benchmarks/bench_android.py)")
+                        "binary= or set NANO_LITERT_LM_MAIN (see benchmarks/harness/android.py)")
     return Path(binary)
 
 
