@@ -24,6 +24,7 @@ token, at argmax(input_pos) (LiteRT-LM itself holds the last prompt token back f
 never reads them). The chunk must fit: input_pos[0] + T <= S.
 """
 
+import logging
 import math
 from collections.abc import Mapping
 
@@ -120,7 +121,13 @@ def convert(config: ModelConfig, gains: Mapping[str, np.ndarray], *, seq_len: in
     """TFLite flatbuffer (builtin ops only) of the model with `gains` (its norm gains, float32,
     named as in Nano) as constants and every weight as a signature input (see the module doc)."""
     graph = _Graph(config, gains)
-    functions = [graph.signature("prefill", prefill_len, seq_len), graph.signature("decode", 1, seq_len)]
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(functions, graph)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    return converter.convert()
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)  # tf.function warns once per dotted weight name ("Sanitizing ...")
+    try:
+        functions = [graph.signature("prefill", prefill_len, seq_len), graph.signature("decode", 1, seq_len)]
+        converter = tf.lite.TFLiteConverter.from_concrete_functions(functions, graph)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        return converter.convert()
+    finally:
+        absl.setLevel(level)

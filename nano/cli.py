@@ -3,6 +3,7 @@
 import contextlib
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -314,8 +315,6 @@ def export_cmd(
 ) -> None:
     """Export to LiteRT: one .tflite with `prefill` and `decode` signatures (our int4 codes inside);
     or, with --out *.gguf, to llama.cpp's format."""
-    import os
-
     if out.suffix == ".gguf":
         from export.gguf import export_gguf
 
@@ -325,7 +324,7 @@ def export_cmd(
                       ", ".join(summary["types"]))
         console.print(table)
         return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    _quiet_tensorflow()
     from export.checkpoint import export_checkpoint
 
     with progress_bar() as report:
@@ -337,6 +336,14 @@ def export_cmd(
     if summary.get("litertlm"):
         table.add_row(summary["litertlm"], f"{summary['litertlm_bytes'] / 2**20:,.1f} MiB", "", "", "", "")
     console.print(table)
+
+
+def _quiet_tensorflow() -> None:
+    """Before TensorFlow loads: no C++ start-up chatter, and no oneDNN notice (printed through absl
+    before its logging starts, so TF_CPP_MIN_LOG_LEVEL cannot hide it; export only traces the
+    graph, it runs no TensorFlow kernels whose round-off oneDNN would change)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
 @app.command()
@@ -353,9 +360,7 @@ def bench(
     plot_out: Annotated[Optional[Path], typer.Option("--plot", help="Write latency vs context length as a PNG.")] = None,
 ) -> None:
     """Latency on this CPU (LiteRT CompiledModel, LiteRT-LM) next to llama.cpp, with the bandwidth bound."""
-    import os
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _quiet_tensorflow()
     from benchmarks.harness.run import format_report, parse_prompt_lens, plot, run_bench
 
     lens = parse_prompt_lens(prompt_lens)
