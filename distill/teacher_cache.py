@@ -48,7 +48,7 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Int
 
-from distill.targets import PAD_LOGPROB, SCHEMES, Targets, chunked_targets
+from distill.targets import PAD_LOGPROB, SCHEMES, TeacherTargets, chunked_targets
 from nano import __version__
 from nano.atomic import atomic_file
 from nano.checkpoint import WEIGHTS, load_checkpoint, load_config, load_meta, write_json
@@ -150,7 +150,7 @@ def _unplanes(buf: bytes, width: int, count: int) -> np.ndarray:
     return out.view("<u4").reshape(count)
 
 
-def encode_targets(t: Targets, *, scheme: str, rank: np.ndarray, step: float = LOGPROB_STEP,
+def encode_targets(t: TeacherTargets, *, scheme: str, rank: np.ndarray, step: float = LOGPROB_STEP,
                    rows: tuple[int, int] = (0, 0)) -> bytes:
     """Compress host targets with leaves (..., k) / (...) into one shard file's bytes."""
     k = t.ids.shape[-1]
@@ -181,7 +181,7 @@ def encode_targets(t: Targets, *, scheme: str, rank: np.ndarray, step: float = L
     return b"".join([MAGIC, len(head).to_bytes(4, "little"), head, *blobs])
 
 
-def decode_targets(data: bytes, *, scheme: str, order: np.ndarray, step: float = LOGPROB_STEP) -> Targets:
+def decode_targets(data: bytes, *, scheme: str, order: np.ndarray, step: float = LOGPROB_STEP) -> TeacherTargets:
     """Dense numpy targets (P, k) of one shard, each position ordered by descending weight, then
     descending log-prob, then id; padding: id 0, PAD_LOGPROB, weight 0."""
     if data[:len(MAGIC)] != MAGIC:
@@ -215,14 +215,14 @@ def decode_targets(data: bytes, *, scheme: str, order: np.ndarray, step: float =
     else:  # the top-k probabilities renormalised (padding: exp(PAD - max) == 0)
         e = np.exp(out_lp - out_lp[:, :1])
         weights = e / e.sum(1, keepdims=True)
-    return Targets(out_ids, out_lp, weights, s["lse"].astype(np.uint32).view(np.float32))
+    return TeacherTargets(out_ids, out_lp, weights, s["lse"].astype(np.uint32).view(np.float32))
 
 
 # ---- teacher pass -----------------------------------------------------------------------------
 
 @functools.partial(nnx.jit, static_argnames=("k", "scheme", "chunk"))
 def teacher_targets(model: Transformer, inputs: Int[Array, "B T"], rows: Int[Array, "B"],
-                    seed: Int[Array, ""], *, k: int, scheme: str, chunk: int) -> Targets:
+                    seed: Int[Array, ""], *, k: int, scheme: str, chunk: int) -> TeacherTargets:
     """One jitted teacher forward + target extraction for a batch of rows."""
     h, _ = model.hidden(inputs)
     return chunked_targets(model.logits, h, rows, k=k, scheme=scheme, seed=seed, chunk=chunk)
@@ -339,7 +339,7 @@ def build_cache(teacher_ckpt_dir: str | Path, data_dir: str | Path, out_dir: str
             compiled = True
             if progress and idx[-1] + 1 < hi:
                 progress(done + int(idx[-1]) + 1 - lo, total)
-        targets = Targets(*(np.concatenate(leaves) for leaves in zip(*parts)))
+        targets = TeacherTargets(*(np.concatenate(leaves) for leaves in zip(*parts)))
         blob = encode_targets(targets, scheme=scheme, rank=rank, rows=(lo, hi))
         with atomic_file(out / _shard_name(i)) as f:
             f.write(blob)
@@ -394,7 +394,7 @@ class TeacherCache:
 
     def __init__(self, path: Path, manifest: dict[str, Any], order: np.ndarray, *, keep: int = 2):
         self.path, self.manifest, self._order, self._keep = path, manifest, order, keep
-        self._decoded: OrderedDict[int, Targets] = OrderedDict()
+        self._decoded: OrderedDict[int, TeacherTargets] = OrderedDict()
 
     @classmethod
     def open(cls, path: str | Path, *, tokenizer_sha256: str, teacher_fingerprint: str | None = None,
@@ -443,7 +443,7 @@ class TeacherCache:
     def shard_rows(self) -> list[tuple[int, int]]:
         return [tuple(e["rows"]) for e in self.manifest["shards"]]
 
-    def _shard(self, i: int) -> Targets:
+    def _shard(self, i: int) -> TeacherTargets:
         if i in self._decoded:
             self._decoded.move_to_end(i)
             return self._decoded[i]
@@ -458,7 +458,7 @@ class TeacherCache:
         step = self.manifest["targets"]["logprob_step"]
         t = decode_targets(data, scheme=self.scheme, order=self._order, step=step)
         lo, hi = entry["rows"]
-        t = Targets(*(a.reshape(hi - lo, self.seq_len, *a.shape[1:]) for a in t))
+        t = TeacherTargets(*(a.reshape(hi - lo, self.seq_len, *a.shape[1:]) for a in t))
         self._decoded[i] = t
         while len(self._decoded) > self._keep:
             self._decoded.popitem(last=False)
@@ -473,16 +473,16 @@ class TeacherCache:
             if file.stat().st_size != entry["bytes"] or _sha256_file(file) != entry["sha256"]:
                 raise NanoError(f"{file}: teacher-cache shard is corrupt (sha256 mismatch); delete it and {REBUILD}")
 
-    def targets(self, row_indices) -> Targets:
+    def targets(self, row_indices) -> TeacherTargets:
         """Leaves (R, seq_len, k) (lse: (R, seq_len)) for the given training-row indices."""
         rows = np.asarray(row_indices, np.int64).reshape(-1)
         if rows.size and (rows.min() < 0 or rows.max() >= self.num_rows):
             raise IndexError(f"row index out of range 0..{self.num_rows - 1}")
         per = self.manifest["rows"]["rows_per_shard"]
-        out = Targets(np.zeros((len(rows), self.seq_len, self.k), np.int32),
-                      np.full((len(rows), self.seq_len, self.k), PAD_LOGPROB, np.float32),
-                      np.zeros((len(rows), self.seq_len, self.k), np.float32),
-                      np.zeros((len(rows), self.seq_len), np.float32))
+        out = TeacherTargets(np.zeros((len(rows), self.seq_len, self.k), np.int32),
+                             np.full((len(rows), self.seq_len, self.k), PAD_LOGPROB, np.float32),
+                             np.zeros((len(rows), self.seq_len, self.k), np.float32),
+                             np.zeros((len(rows), self.seq_len), np.float32))
         for i in np.unique(rows // per):
             sel = np.flatnonzero(rows // per == i)
             t = self._shard(int(i))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from distill.targets import PAD_LOGPROB, Targets, chunked_targets, sampled_targets, topk_targets
+from distill.targets import PAD_LOGPROB, TeacherTargets, chunked_targets, sampled_targets, topk_targets
 from distill.teacher_cache import (LOGPROB_STEP, MANIFEST, TeacherCache, build_cache, decode_targets,
                                    encode_targets, row_inputs, teacher_fingerprint, teacher_targets,
                                    training_rows)
@@ -99,7 +99,7 @@ def test_codec_round_trip(scheme):
     logits = jnp.asarray(np.random.default_rng(3).normal(size=(3, 40, V)).astype(np.float32) * 4)
     t = topk_targets(logits, k) if scheme == "topk" else \
         sampled_targets(logits, k, seed=0, rows=jnp.arange(3), positions=jnp.arange(40))
-    t = Targets(*(np.asarray(a) for a in t))
+    t = TeacherTargets(*(np.asarray(a) for a in t))
     seen = np.random.default_rng(4).permutation(V)[:300].astype(np.uint32)
     order, rank = _full_order(seen, V)
     blob = encode_targets(t, scheme=scheme, rank=rank)
