@@ -74,11 +74,11 @@ class SparseTargets:
     weights: Float[Array, "B T k"] | None = None
 
 
-Targets = DenseTargets | SparseTargets
+LossTargets = DenseTargets | SparseTargets  # the teacher signal `distill_loss` accepts
 
 
 def distill_loss(student_logits_fn: LogitsFn, h_s: Float[Array, "B T D"],
-                 labels: Int[Array, "B T"], targets: Targets, *, kind: Kind = "forward_kl",
+                 labels: Int[Array, "B T"], targets: LossTargets, *, kind: Kind = "forward_kl",
                  temperature: float | Float[Array, ""] = 1.0, beta: float = 0.5,
                  alpha: float | Float[Array, ""] = 0.0,
                  mask: Bool[Array, "B T"] | Float[Array, "B T"] | None = None,

@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from distill.mesh import batch_sharding, make_mesh, replicated, tree_shardings
-from distill.train import TrainConfig, _dtype, make_train_step, optimizer
+from distill.mesh import batch_sharding, make_mesh, tree_shardings
+from distill.train import TrainConfig, jit_train_step, make_train_step, optimizer
 from nano.config import ModelConfig, get_preset
 from nano.model import Transformer
 
@@ -42,7 +42,7 @@ class StepPlan:
 
 def plan_step(cfg: TrainConfig, *, teacher_config: ModelConfig | None) -> StepPlan:
     mesh = make_mesh(cfg.mesh_data, cfg.mesh_fsdp)
-    dtype = _dtype(cfg)
+    dtype = cfg.compute_jnp_dtype
     student = nnx.eval_shape(lambda: Transformer(get_preset(cfg.student), rngs=nnx.Rngs(0), dtype=dtype))
     graphdef, params = nnx.split(student, nnx.Param)
     tx = optimizer(cfg)
@@ -59,8 +59,7 @@ def plan_step(cfg: TrainConfig, *, teacher_config: ModelConfig | None) -> StepPl
              "labels": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=bs),
              "mask": jax.ShapeDtypeStruct(shape, jnp.float32, sharding=bs)}
     step = make_train_step(cfg, graphdef, teacher_graphdef, tx)
-    jitted = jax.jit(step, in_shardings=(state_sh, teacher_sh, batch_sharding(mesh)),
-                     out_shardings=(state_sh, replicated(mesh)), donate_argnums=(0,))
+    jitted = jit_train_step(step, mesh, state_sh, teacher_sh)
     t = time.perf_counter()
     compiled = jitted.lower(_abstract(state, state_sh), _abstract(teacher_params, teacher_sh), batch).compile()
     seconds = time.perf_counter() - t

@@ -1,6 +1,6 @@
 """Distillation targets from teacher logits: pure and jit-able.
 
-Two schemes, both returning `Targets` with `k` slots per position (padding: id 0, weight 0):
+Two schemes, both returning `TeacherTargets` with `k` slots per position (padding: id 0, weight 0):
   top-k   the k most probable ids, by descending probability, with their log-probs under the
           full softmax (temperature 1); weights are the top-k probabilities renormalised.
   sample  Gemma 3's scheme: k draws with replacement from the teacher distribution, kept as
@@ -23,19 +23,21 @@ PAD_LOGPROB = -1e30  # log-prob of padding slots: finite, so 0 * PAD_LOGPROB sta
 SCHEMES = ("topk", "sample")
 
 
-class Targets(NamedTuple):
+class TeacherTargets(NamedTuple):
+    """k targets per position: what the teacher pass yields and the teacher cache stores."""
+
     ids: Int[Array, "*P k"]  # int32 token ids
     logprobs: Float[Array, "*P k"]  # log p_teacher(id), full softmax; PAD_LOGPROB in padding
     weights: Float[Array, "*P k"]  # the target distribution over `ids` (sums to 1); 0 in padding
     lse: Float[Array, "*P"]  # logsumexp of the teacher logits (logit = logprob + lse)
 
 
-def topk_targets(logits: Float[Array, "*P V"], k: int) -> Targets:
+def topk_targets(logits: Float[Array, "*P V"], k: int) -> TeacherTargets:
     logits = logits.astype(jnp.float32)
     lse = jax.nn.logsumexp(logits, axis=-1)
     top, ids = jax.lax.top_k(logits, k)
     logprobs = top - lse[..., None]
-    return Targets(ids.astype(jnp.int32), logprobs, jax.nn.softmax(logprobs, axis=-1), lse)
+    return TeacherTargets(ids.astype(jnp.int32), logprobs, jax.nn.softmax(logprobs, axis=-1), lse)
 
 
 def _fanout(vocab: int) -> int:
@@ -53,7 +55,7 @@ def _pick(weights: Float[Array, "k f"], u: Float[Array, "k"]) -> tuple[Int[Array
     return i, u - before
 
 
-def _sample_one(logits: Float[Array, "V"], key: jax.Array, k: int) -> Targets:
+def _sample_one(logits: Float[Array, "V"], key: jax.Array, k: int) -> TeacherTargets:
     """k draws by a three-level inverse CDF: O(V + 3 k V^(1/3)) work, cumulative sums of at most
     64 terms. Gumbel-max (`jax.random.categorical`) would need k * V random numbers per
     position (33M at k=128), and a float32 cumsum over V is slow on CPU and imprecise."""
@@ -78,11 +80,11 @@ def _sample_one(logits: Float[Array, "V"], key: jax.Array, k: int) -> Targets:
     ids = jnp.zeros(k, jnp.int32).at[slot].set(draws)
     logprobs = jnp.where(counts > 0, logits[ids] - lse, PAD_LOGPROB)
     order = jnp.lexsort((ids, -logprobs, -counts))  # by weight, then probability, then id
-    return Targets(ids[order], logprobs[order], counts[order].astype(jnp.float32) / k, lse)
+    return TeacherTargets(ids[order], logprobs[order], counts[order].astype(jnp.float32) / k, lse)
 
 
 def sampled_targets(logits: Float[Array, "B c V"], k: int, *, seed: Int[Array, ""] | int,
-                    rows: Int[Array, "B"], positions: Int[Array, "c"]) -> Targets:
+                    rows: Int[Array, "B"], positions: Int[Array, "c"]) -> TeacherTargets:
     """`rows`: the global training-row index of each batch entry; `positions`: within the row."""
     base = jax.random.key(seed)
     row_keys = jax.vmap(lambda r: jax.random.fold_in(base, r))(rows.astype(jnp.uint32))
@@ -93,8 +95,8 @@ def sampled_targets(logits: Float[Array, "B c V"], k: int, *, seed: Int[Array, "
 
 def chunked_targets(logits_fn: Callable[[Float[Array, "B c D"]], Float[Array, "B c V"]],
                     h: Float[Array, "B T D"], rows: Int[Array, "B"], *, k: int, scheme: str,
-                    seed: Int[Array, ""] | int = 0, chunk: int = 32) -> Targets:
-    """Targets for every position of `h`, `chunk` positions at a time (logits (B, chunk, V))."""
+                    seed: Int[Array, ""] | int = 0, chunk: int = 32) -> TeacherTargets:
+    """Teacher targets for every position of `h`, `chunk` positions at a time (logits (B, chunk, V))."""
     if scheme not in SCHEMES:
         raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
     T = h.shape[1]

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import Mesh
 
 from distill.mesh import batch_sharding, make_mesh, replicated, tree_shardings
 from nano.checkpoint import load_checkpoint, load_meta, load_tokenizer, save_checkpoint
@@ -78,6 +79,11 @@ class TrainConfig:
     @property
     def steps(self) -> int:
         return max(1, self.tokens // (self.batch_size * self.seq_len))
+
+    @property
+    def compute_jnp_dtype(self):
+        """`compute_dtype` as the jnp dtype the student and an online teacher compute in."""
+        return jnp.bfloat16 if self.compute_dtype == "bfloat16" else jnp.float32
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
@@ -174,8 +180,11 @@ def make_train_step(cfg: TrainConfig, student_graphdef, teacher_graphdef, tx: op
     return train_step
 
 
-def _dtype(cfg: TrainConfig):
-    return jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
+def jit_train_step(step: Callable, mesh: Mesh, state_shardings, teacher_shardings) -> Callable:
+    """`step` (see `make_train_step`) jitted on `mesh`: state and teacher weights as sharded,
+    batches split over the data axes, metrics replicated, the old state donated."""
+    return jax.jit(step, in_shardings=(state_shardings, teacher_shardings, batch_sharding(mesh)),
+                   out_shardings=(state_shardings, replicated(mesh)), donate_argnums=(0,))
 
 
 class Trainer:
@@ -186,52 +195,26 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, out: str | Path, *, teacher_ckpt: Path | None,
                  rows: np.ndarray, eval_windows: np.ndarray | None, bos_id: int = 2, cache=None):
-        import orbax.checkpoint as ocp
-
         from distill.teacher_cache import row_inputs
 
         self.cfg, self.out, self.eval_windows, self.cache = cfg, Path(out), eval_windows, cache
         self.labels, self.inputs = rows, row_inputs(rows, bos_id)
-        self.mesh = make_mesh(cfg.mesh_data, cfg.mesh_fsdp)
-        if cfg.batch_size % (self.mesh.size * cfg.grad_accum) and self.mesh.size > 1:
-            raise NanoError(f"batch_size {cfg.batch_size} must split over {self.mesh.size} devices x {cfg.grad_accum} micro-batches")
+        self.mesh = _mesh(cfg)
         config = get_preset(cfg.student)
-        student = Transformer(config, rngs=nnx.Rngs(cfg.seed), dtype=_dtype(cfg))
+        student = Transformer(config, rngs=nnx.Rngs(cfg.seed), dtype=cfg.compute_jnp_dtype)
         self.graphdef, params = nnx.split(student, nnx.Param)
-        teacher_graphdef, teacher_params = None, {}
-        if teacher_ckpt is not None:
-            teacher = load_checkpoint(teacher_ckpt, dtype=_dtype(cfg))
-            if teacher.config.vocab_size != config.vocab_size:
-                raise NanoError(f"teacher {teacher_ckpt} has a {teacher.config.vocab_size:,}-token vocabulary but student preset {cfg.student!r} has {config.vocab_size:,}; pick a student with the teacher's vocabulary")
-            teacher_graphdef, teacher_params = nnx.split(teacher, nnx.Param)
-        if cache is not None and cache.manifest["vocab_size"] != config.vocab_size:
-            raise NanoError(f"{cache.path}: teacher cache has a {cache.manifest['vocab_size']:,}-token vocabulary but student preset {cfg.student!r} has {config.vocab_size:,}")
+        teacher_graphdef, teacher_params = _teacher(cfg, teacher_ckpt, config.vocab_size)
+        _check_cache_vocab(cfg, cache, config.vocab_size)
         self.tx = optimizer(cfg)
-        state = {"params": params, "opt_state": self.tx.init(params)}
-        self.state_shardings = tree_shardings(state, self.mesh)
-        self.state = jax.device_put(state, self.state_shardings)
-        teacher_shardings = tree_shardings(teacher_params, self.mesh)
-        self.teacher_params = jax.device_put(teacher_params, teacher_shardings)
-        self.manager = ocp.CheckpointManager(
-            (self.out / "checkpoints").absolute(),
-            options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
-        step = make_train_step(cfg, self.graphdef, teacher_graphdef, self.tx)
+        self.state_shardings, self.state = _place({"params": params, "opt_state": self.tx.init(params)}, self.mesh)
+        teacher_shardings, self.teacher_params = _place(teacher_params, self.mesh)
+        self.manager = _checkpoint_manager(self.out)
         self._batch_sharding = batch_sharding(self.mesh)
-        self._step_fn = jax.jit(step, in_shardings=(self.state_shardings, teacher_shardings, self._batch_sharding),
-                                out_shardings=(self.state_shardings, replicated(self.mesh)), donate_argnums=(0,))
-        graphdef, prompt = self.graphdef, cfg.seq_len // 2
-
-        def sample_batch(params, inputs, key):
-            """Student continuations of the first half of each row: (B, T+1) tokens."""
-            from nano.generate import sample_continuations
-
-            return sample_continuations(nnx.merge(graphdef, params), inputs[:, :prompt],
-                                        length=cfg.seq_len - prompt + 1, key=key,
-                                        temperature=cfg.onpolicy_temperature)
-
-        self._sample_fn = jax.jit(sample_batch, out_shardings=self._batch_sharding)
+        self._step_fn = jit_train_step(make_train_step(cfg, self.graphdef, teacher_graphdef, self.tx),
+                                       self.mesh, self.state_shardings, teacher_shardings)
+        self._sample_fn = _sampler(cfg, self.graphdef, self._batch_sharding)
         # On-policy steps score only what the student wrote: positions prompt-1 onwards.
-        self._onpolicy_mask = (np.arange(cfg.seq_len) >= prompt - 1).astype(np.float32)
+        self._onpolicy_mask = (np.arange(cfg.seq_len) >= _prompt_len(cfg) - 1).astype(np.float32)
 
     def batch(self, step: int) -> tuple[dict[str, Any], bool]:
         """The batch of optimizer step `step` (a pure function of seed and step)."""
@@ -310,6 +293,64 @@ class Trainer:
     def student_for_eval(self) -> Transformer:
         """The current student on the host, computing in float32."""
         return set_compute_dtype(nnx.merge(self.graphdef, jax.device_get(self.state["params"])), jnp.float32)
+
+
+# ---- the trainer's parts ----------------------------------------------------------------------
+
+def _mesh(cfg: TrainConfig) -> Mesh:
+    """The ('data', 'fsdp') mesh, once a batch splits evenly over its devices and micro-batches."""
+    mesh = make_mesh(cfg.mesh_data, cfg.mesh_fsdp)
+    if cfg.batch_size % (mesh.size * cfg.grad_accum) and mesh.size > 1:
+        raise NanoError(f"batch_size {cfg.batch_size} must split over {mesh.size} devices x {cfg.grad_accum} micro-batches")
+    return mesh
+
+
+def _teacher(cfg: TrainConfig, teacher_ckpt: Path | None, vocab_size: int) -> tuple[Any, Any]:
+    """(graphdef, params) of the online teacher, or (None, {}) without one."""
+    if teacher_ckpt is None:
+        return None, {}
+    teacher = load_checkpoint(teacher_ckpt, dtype=cfg.compute_jnp_dtype)
+    if teacher.config.vocab_size != vocab_size:
+        raise NanoError(f"teacher {teacher_ckpt} has a {teacher.config.vocab_size:,}-token vocabulary but student preset {cfg.student!r} has {vocab_size:,}; pick a student with the teacher's vocabulary")
+    return nnx.split(teacher, nnx.Param)
+
+
+def _check_cache_vocab(cfg: TrainConfig, cache, vocab_size: int) -> None:
+    if cache is not None and cache.manifest["vocab_size"] != vocab_size:
+        raise NanoError(f"{cache.path}: teacher cache has a {cache.manifest['vocab_size']:,}-token vocabulary but student preset {cfg.student!r} has {vocab_size:,}")
+
+
+def _place(tree: Any, mesh: Mesh) -> tuple[Any, Any]:
+    """(shardings, `tree` put on the devices with them)."""
+    shardings = tree_shardings(tree, mesh)
+    return shardings, jax.device_put(tree, shardings)
+
+
+def _checkpoint_manager(out: Path):
+    """Orbax manager of `out/checkpoints`, keeping the two newest."""
+    import orbax.checkpoint as ocp
+
+    return ocp.CheckpointManager((out / "checkpoints").absolute(),
+                                 options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+
+
+def _prompt_len(cfg: TrainConfig) -> int:
+    """Tokens of a row that prompt an on-policy sample: the first half."""
+    return cfg.seq_len // 2
+
+
+def _sampler(cfg: TrainConfig, graphdef, sharding) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
+    """Jitted `(params, inputs (B, T), key) -> (B, T+1)`: the prompt, then the student's sample."""
+    prompt = _prompt_len(cfg)
+
+    def sample_batch(params, inputs, key):
+        from nano.generate import sample_continuations
+
+        return sample_continuations(nnx.merge(graphdef, params), inputs[:, :prompt],
+                                    length=cfg.seq_len - prompt + 1, key=key,
+                                    temperature=cfg.onpolicy_temperature)
+
+    return jax.jit(sample_batch, out_shardings=sharding)
 
 
 def _append_metrics(path: Path, record: dict) -> None:

@@ -17,6 +17,8 @@ from nano.config import get_preset
 from nano.model import Transformer
 from tests.conftest import prepare_tiny_text
 
+STEPS = 8  # optimizer steps of the tiny run (checkpoints every 2)
+
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_tokenizer):
@@ -24,7 +26,7 @@ def setup(tmp_path_factory, tiny_tokenizer):
     teacher = save_checkpoint(root / "teacher", Transformer(get_preset("tiny"), rngs=nnx.Rngs(5)), tokenizer=tiny_tokenizer)
     data = prepare_tiny_text(root / "text", teacher, docs=6, sentences=40)
     config = root / "run.json"
-    config.write_text(json.dumps({"student": "tiny", "seq_len": 32, "batch_size": 4, "tokens": 4 * 32 * 8,
+    config.write_text(json.dumps({"student": "tiny", "seq_len": 32, "batch_size": 4, "tokens": 4 * 32 * STEPS,
                                   "checkpoint_every": 2, "eval_every": 4, "eval_windows": 2, "eval_window": 64}))
     return root, teacher, data, config
 
@@ -47,15 +49,24 @@ def test_sigkill_then_resume_gives_the_uninterrupted_curve(setup):
 
     proc = subprocess.Popen(_cmd(teacher, data, config, root / "cut"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints = root / "cut" / "checkpoints"
+
+    def saved() -> list[int]:  # steps of the finished checkpoints
+        return [int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()] if checkpoints.is_dir() else []
+
     deadline = time.time() + 300
-    while time.time() < deadline and not (checkpoints.is_dir() and any(p.name.isdigit() and int(p.name) >= 4 for p in checkpoints.iterdir())):
+    while time.time() < deadline and max(saved(), default=0) < 4:
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    # The kill interrupted training: after checkpoint 4, before the last step and the student.
+    assert proc.returncode == -signal.SIGKILL, proc.returncode
+    assert 4 <= max(saved()) < STEPS, saved()
+    assert not (root / "cut" / "student").exists()
     again = subprocess.run(_cmd(teacher, data, config, root / "cut"), capture_output=True, text=True, timeout=600)
     assert again.returncode == 1 and "pass --resume" in again.stderr
     resumed = subprocess.run(_cmd(teacher, data, config, root / "cut", "--resume"), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert max(saved()) == STEPS and load_checkpoint(root / "cut" / "student").config.name == "tiny"
     assert _curve(root / "cut") == _curve(root / "full")
 
 

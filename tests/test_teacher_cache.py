@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from distill.targets import PAD_LOGPROB, Targets, chunked_targets, sampled_targets, topk_targets
+from distill.targets import PAD_LOGPROB, TeacherTargets, chunked_targets, sampled_targets, topk_targets
 from distill.teacher_cache import (LOGPROB_STEP, MANIFEST, TeacherCache, build_cache, decode_targets,
-                                   encode_targets, row_inputs, teacher_fingerprint, teacher_targets,
+                                   encode_targets, full_order, row_inputs, teacher_fingerprint, teacher_targets,
                                    training_rows)
-from distill.teacher_cache import _full_order
 from nano.checkpoint import load_checkpoint, save_checkpoint
 from nano.config import get_preset
 from nano.errors import NanoError
@@ -99,9 +98,9 @@ def test_codec_round_trip(scheme):
     logits = jnp.asarray(np.random.default_rng(3).normal(size=(3, 40, V)).astype(np.float32) * 4)
     t = topk_targets(logits, k) if scheme == "topk" else \
         sampled_targets(logits, k, seed=0, rows=jnp.arange(3), positions=jnp.arange(40))
-    t = Targets(*(np.asarray(a) for a in t))
+    t = TeacherTargets(*(np.asarray(a) for a in t))
     seen = np.random.default_rng(4).permutation(V)[:300].astype(np.uint32)
-    order, rank = _full_order(seen, V)
+    order, rank = full_order(seen, V)
     blob = encode_targets(t, scheme=scheme, rank=rank)
     d = decode_targets(blob, scheme=scheme, order=order)
     print(f"\n{scheme}: {len(blob) / 120:.1f} bytes/token at k={k}, V={V} (random logits)")
@@ -218,7 +217,7 @@ def test_refusals(tiny_setup, tiny_tokenizer, tmp_path):
     with pytest.raises(NanoError, match="manifest.json"):
         TeacherCache.open(tmp_path / "nothing", tokenizer_sha256=sha)
     cache = TeacherCache.open(tmp_path / "c", tokenizer_sha256=sha)
-    assert cache.num_rows == 10 and cache.shard_rows == [(0, 4), (4, 8), (8, 10)]
+    assert cache.num_rows == 10 and [e["rows"] for e in cache.manifest["shards"]] == [[0, 4], [4, 8], [8, 10]]
     shard = tmp_path / "c" / "shard-00001.bin"
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0x40
