@@ -34,7 +34,7 @@ def main() -> None:
 
     cfg = TrainConfig(student=args.student, teacher=args.teacher, tokens=10**9, seq_len=args.seq_len,
                       batch_size=args.batch_size, grad_accum=args.grad_accum, mesh_data=args.mesh_data,
-                      mesh_fsdp=args.mesh_fsdp)
+                      mesh_fsdp=args.mesh_fsdp, compute_dtype="bfloat16")  # as on the accelerators it plans for
     plan = plan_step(cfg, teacher_config=get_preset(args.teacher))
     gib = lambda b: f"{b / 2**30:.2f} GiB"
     print(f"{args.student} ({plan.student_params / 1e9:.3f}B params) distilled from {args.teacher} "

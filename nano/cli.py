@@ -400,6 +400,7 @@ def distill_cmd(
     alpha: Annotated[Optional[float], typer.Option(help="Weight of hard-label cross-entropy.")] = None,
     beta: Annotated[Optional[float], typer.Option(help="Generalized JSD beta.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed (init, data order).")] = None,
+    compute_dtype: Annotated[Optional[str], typer.Option(help="auto (float32 on CPU, bfloat16 on accelerators), bfloat16 or float32.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
 ) -> None:
     """Train a student on a teacher's probabilities; resumable (`--resume`) after any kill."""
@@ -411,7 +412,7 @@ def distill_cmd(
 
     options = dict(teacher=teacher, student=student, data=data, tokens=tokens, seq_len=seq_len,
                    batch_size=batch_size, grad_accum=grad_accum, lr=lr, loss=loss, temperature=temperature,
-                   alpha=alpha, beta=beta, seed=seed)
+                   alpha=alpha, beta=beta, seed=seed, compute_dtype=compute_dtype)
     given = {k: v for k, v in options.items() if v is not None}  # what the command line sets
     if teacher == "none":
         given["teacher"] = None

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -74,6 +76,16 @@ def test_cross_entropy_baseline_and_vocab_mismatch(tmp_path, tiny_teacher):
     with pytest.raises(NanoError, match="vocabulary"):
         Trainer(_cfg(tiny_teacher, student="student_20m"), tmp_path / "x", teacher_ckpt=tiny_teacher,
                 rows=ROWS, eval_windows=None)
+
+
+def test_compute_dtype_auto_is_float32_on_cpu_and_an_explicit_choice_wins():
+    assert jax.default_backend() == "cpu"
+    assert TrainConfig().compute_dtype == "auto"
+    assert TrainConfig().resolved().compute_dtype == "float32" and TrainConfig().compute_jnp_dtype == jnp.float32
+    assert TrainConfig(compute_dtype="bfloat16").resolved().compute_dtype == "bfloat16"
+    assert TrainConfig(compute_dtype="bfloat16").compute_jnp_dtype == jnp.bfloat16
+    with pytest.raises(NanoError, match=r"compute_dtype 'fp16' \(auto, bfloat16, float32\)"):
+        TrainConfig(compute_dtype="fp16")
 
 
 def test_config_errors(tmp_path):
