@@ -149,3 +149,19 @@ def test_bad_input_is_refused(files, tmp_path):
     with pytest.raises(NanoError, match="llama.cpp cannot load it"):
         run_bench(files["tflite"], prompt_lens=(8,), decode_tokens=2, repeats=1, compare_llamacpp=bad_gguf,
                   bandwidth_mib=8)
+
+
+def _loaded_at_start(module: str) -> dict:
+    """Runs in a child process: was `module` imported before this call (and the baseline RSS)?"""
+    import sys
+
+    return {"loaded": module in sys.modules}
+
+
+@pytest.mark.parametrize("preload", [(), ("llama_cpp",)])
+def test_memory_baseline_is_taken_after_the_runtime_libraries_load(tmp_path, preload):
+    from benchmarks.harness.core import run_child
+
+    r = run_child("probe", _loaded_at_start, "llama_cpp", log_dir=tmp_path, preload=preload)
+    assert r["loaded"] is bool(preload)
+    assert 0 < r["baseline_rss_bytes"] <= r["peak_rss_bytes"]

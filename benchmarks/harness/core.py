@@ -53,13 +53,16 @@ def rss_by_mapping(files: dict[str, str | Path]) -> dict[str, int]:
     return out
 
 
-def run_child(what: str, fn: Callable[..., dict], *args, log_dir: str | Path, **kwargs) -> dict:
+def run_child(what: str, fn: Callable[..., dict], *args, log_dir: str | Path, preload: Sequence[str] = (),
+              **kwargs) -> dict:
     """fn(*args, **kwargs) (JSON-able arguments) in a fresh interpreter, so its peak RSS is its own;
-    the returned dict gains peak_rss_bytes and baseline_rss_bytes (before fn ran). A new
-    interpreter rather than multiprocessing: nothing of the caller's main module is re-run."""
+    the returned dict gains peak_rss_bytes and baseline_rss_bytes: the RSS once the modules in
+    `preload` (the runtime's libraries) are imported, before fn loads a model. A new interpreter
+    rather than multiprocessing: nothing of the caller's main module is re-run."""
     stem = "".join(c if c.isalnum() else "_" for c in what)
     spec, result, log = (Path(log_dir) / f"{stem}{s}" for s in (".spec.json", ".result.json", ".log"))
-    spec.write_text(json.dumps({"module": fn.__module__, "name": fn.__qualname__, "args": args, "kwargs": kwargs}))
+    spec.write_text(json.dumps({"module": fn.__module__, "name": fn.__qualname__, "args": args, "kwargs": kwargs,
+                                "preload": list(preload)}))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     try:
         with log.open("wb") as out:  # native runtimes log to stderr: keep it to quote on failure
@@ -81,6 +84,8 @@ def run_child(what: str, fn: Callable[..., dict], *args, log_dir: str | Path, **
 def _child(spec_path: str, result_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     fn = getattr(importlib.import_module(spec["module"]), spec["name"])
+    for module in spec["preload"]:
+        importlib.import_module(module)
     baseline = peak_rss_bytes()  # interpreter + numpy + the runtime's libraries, no model yet
     try:
         out = fn(*spec["args"], **spec["kwargs"])

@@ -101,13 +101,13 @@ def _merge(rounds: list[dict], summarize: Callable[[dict], dict]) -> dict:
 
 
 def _two_starts(what: str, first: Callable[..., dict], measured: Callable[..., dict], path: str, *,
-                cache: dict[str, str], common: dict, first_kwargs: dict | None = None) -> dict:
+                cache: dict[str, str], common: dict, preload: Sequence[str], first_kwargs: dict | None = None) -> dict:
     """A runtime's first start (it packs the weights into its cache), then the measured start that
     reads them back, each in a process of its own; the first start's figures join the measured
     ones, its peak RSS as peak_rss_first_load_bytes."""
     cold = run_child(f"{what}, first start", first, path, threads=common["threads"], log_dir=common["log_dir"],
-                     **cache, **(first_kwargs or {}))
-    warm = run_child(what, measured, path, **cache, **common)
+                     preload=preload, **cache, **(first_kwargs or {}))
+    warm = run_child(what, measured, path, preload=preload, **cache, **common)
     extra = {k: v for k, v in cold.items() if k not in ("peak_rss_bytes", "baseline_rss_bytes")}
     return {**warm, **extra, "peak_rss_first_load_bytes": cold["peak_rss_bytes"]}
 
@@ -149,14 +149,16 @@ def run_bench(model_path: str | Path, *, threads: int = 2, prompt_lens: Sequence
         common = dict(threads=threads, prompt_lens=lens, decode_tokens=decode_tokens, repeats=1, log_dir=tmp)
         jobs = {"litert_compiled": lambda i: _two_starts(
             "litert compiled", pack_weight_cache, measure_compiled, str(tflite),
-            cache={"weight_cache": str(tmp / f"xnnpack-{i}.cache")}, common=common)}
+            cache={"weight_cache": str(tmp / f"xnnpack-{i}.cache")}, common=common,
+            preload=("ai_edge_litert.compiled_model",))}
         if bundle:
             jobs["litert_lm"] = lambda i: _two_starts(
                 "litert-lm", litertlm_first_run, measure_litertlm, str(bundle),
-                cache={"cache_dir": str(tmp / f"litertlm-{i}")}, common=common, first_kwargs={"prompt_len": min(lens)})
+                cache={"cache_dir": str(tmp / f"litertlm-{i}")}, common=common, preload=("litert_lm",),
+                first_kwargs={"prompt_len": min(lens)})
         if compare_llamacpp:
             jobs["llama_cpp"] = lambda i: run_child("llama.cpp", measure_llamacpp, str(Path(compare_llamacpp).absolute()),
-                                                    **common)
+                                                    preload=("llama_cpp",), **common)
         total = 1 + repeats * len(jobs) + android
         pressure = cpu_pressure()
         report("memory bandwidth", 0, total)
