@@ -28,13 +28,13 @@ def main() -> None:
     args = ap.parse_args()
 
     from benchmarks.export_bench import ensure_gptq
+    from benchmarks.harness.llamacpp import LlamaCpp, gguf_bits_per_weight, quantize_gguf
     from benchmarks.heldout import teacher_heldout
     from export.gguf import export_gguf
     from nano.checkpoint import flat_params, load_checkpoint
     from nano.errors import NanoError
     from nano.eval import evaluate
     from nano.gguf_io import write_gguf
-    from benchmarks.harness.llamacpp import LlamaCpp, gguf_bits_per_weight, quantize_gguf
 
     held = teacher_heldout(args.windows)
     windows = held.windows

@@ -28,8 +28,8 @@ import numpy as np
 from benchmarks.export_bench import ensure_export, targets
 from benchmarks.harness.core import cpu_pressure
 from benchmarks.workspace import result_path, work_dir, write_result
-from nano.files import WEIGHTS
 from nano.errors import NanoError
+from nano.files import WEIGHTS
 
 PROMPTS = ("SQLite is", "The Python interpreter", "CREATE TABLE t1(a, b);", "A list comprehension",
            "The following example shows", "To open a database connection,")

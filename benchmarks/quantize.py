@@ -55,11 +55,11 @@ def _weights_digest(ckpt: Path) -> str:
 
 
 def bench_model(label: str, ckpt: Path, windows: np.ndarray, calib: np.ndarray, workdir: Path) -> dict:
-    from nano.checkpoint import flat_params, load_checkpoint, load_tokenizer
-    from nano.files import write_json
-    from nano.eval import evaluate
-    from nano.gguf_io import write_gguf
     from benchmarks.harness.llamacpp import LlamaCpp, gguf_bits_per_weight, quantize_gguf
+    from nano.checkpoint import flat_params, load_checkpoint, load_tokenizer
+    from nano.eval import evaluate
+    from nano.files import write_json
+    from nano.gguf_io import write_gguf
     from nano.qcheckpoint import tensor_bytes
     from quantize.pipeline import quantize_model
     from quantize.recipe import Recipe, TensorSpec

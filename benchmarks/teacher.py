@@ -44,12 +44,12 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=result_path("teacher"))
     args = ap.parse_args()
 
-    from nano.checkpoint import flat_params, load_checkpoint
+    from benchmarks.harness.llamacpp import LlamaCpp
     from benchmarks.heldout import teacher_heldout
+    from nano.checkpoint import flat_params, load_checkpoint
     from nano.convert import assemble_packaged
     from nano.eval import evaluate
     from nano.gguf_io import write_gguf
-    from benchmarks.harness.llamacpp import LlamaCpp
     from nano.paths import cache_dir
 
     held = teacher_heldout(args.windows)

@@ -19,10 +19,10 @@ from jax.sharding import Mesh
 
 from distill.mesh import batch_sharding, make_mesh, replicated, tree_shardings
 from nano.checkpoint import load_checkpoint, load_meta, load_tokenizer, save_checkpoint
-from nano.files import read_json, write_json
 from nano.config import get_preset
 from nano.errors import NanoError
 from nano.eval import chunked_nll, evaluate
+from nano.files import read_json, write_json
 from nano.model import Transformer, set_compute_dtype
 
 LOSSES = ("forward_kl", "reverse_kl", "jsd")

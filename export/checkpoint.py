@@ -20,9 +20,9 @@ from tensorflow.lite.python.convert_phase import ConverterError
 from export.litertlm import llm_metadata, write_litertlm
 from export.tflite import default_lengths, export_params
 from nano.checkpoint import expected_shapes, load_config, load_tokenizer
-from nano.files import TOKENIZER, WEIGHTS
 from nano.config import ModelConfig
 from nano.errors import NanoError
+from nano.files import TOKENIZER, WEIGHTS
 from nano.qcheckpoint import is_quantized, read_manifest, read_quantized
 from nano.qtensor import QTensor
 

@@ -32,9 +32,9 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from nano.atomic import atomic_dir
+from nano.errors import NanoError
 from nano.files import CONFIG, META, QUANT, TOKENIZER, WEIGHTS, read_json
 from nano.params import as_matrix
-from nano.errors import NanoError
 from nano.qtensor import QTensor, dequantize, pack_int4, unpack_int4
 
 FORMAT = "nano-quant/1"

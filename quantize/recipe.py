@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from nano.files import read_json
 from nano.errors import NanoError
+from nano.files import read_json
 from nano.params import is_matrix
 
 METHODS = ("rtn", "mse", "gptq", "awq")

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from nano.checkpoint import load_checkpoint, load_config, load_meta, load_tokenizer
-from nano.files import WEIGHTS
 from nano.errors import NanoError
+from nano.files import WEIGHTS
 from nano.qcheckpoint import is_quantized, read_manifest, save_quantized, tensor_bytes
 
 from .pipeline import plan, quantize_model

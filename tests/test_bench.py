@@ -11,9 +11,9 @@ import pytest
 from flax import nnx
 
 from benchmarks.harness import android as bench_android
-from benchmarks.harness.run import _model_files, format_report, plot, run_bench
 from benchmarks.harness.core import memory_bandwidth
 from benchmarks.harness.litert import CompiledLM, read_layout
+from benchmarks.harness.run import _model_files, format_report, plot, run_bench
 from export.litertlm import llm_metadata, write_litertlm
 from export.runtime import LiteRTModel
 from export.tflite import export_tflite

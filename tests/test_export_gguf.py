@@ -71,9 +71,9 @@ def test_llama_cpp_runs_it_as_the_dequantized_model(quantized, tiny_tokenizer, t
     """llama.cpp on our exact blocks is far closer to our quantized model than llama.cpp's own Q4_0
     of the float weights: the codes, not a re-quantization, are what it runs."""
     pytest.importorskip("llama_cpp")
+    from benchmarks.harness.llamacpp import LlamaCpp
     from nano.checkpoint import load_checkpoint
     from nano.gguf_io import write_gguf
-    from benchmarks.harness.llamacpp import LlamaCpp
     from tests.test_convert import _log_softmax
 
     float_ckpt, ckpt, summary = quantized

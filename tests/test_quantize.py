@@ -16,8 +16,8 @@ from nano.checkpoint import flat_params, load_checkpoint
 from nano.cli import app
 from nano.errors import NanoError
 from nano.qcheckpoint import decode, encode, read_quantized
-from quantize.calibrate import Activations
 from nano.qtensor import dequantize
+from quantize.calibrate import Activations
 from quantize.int4 import quantize
 from quantize.pipeline import _fold, quantize_model
 from quantize.recipe import Recipe, TensorSpec

@@ -24,10 +24,10 @@ from distill.teacher_cache.rows import row_inputs, training_rows
 from nano import __version__
 from nano.atomic import atomic_file
 from nano.checkpoint import load_checkpoint, load_config, load_meta
-from nano.files import write_json
 from nano.config import ModelConfig
 from nano.data.shards import TokenSplit
 from nano.errors import NanoError
+from nano.files import write_json
 from nano.model import Transformer
 
 Progress = Callable[[int, int], None]  # (rows done, rows in total)

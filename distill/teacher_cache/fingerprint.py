@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 
 from nano.checkpoint import load_config
-from nano.files import WEIGHTS
 from nano.errors import NanoError
+from nano.files import WEIGHTS
 
 CHUNK = 1 << 24  # bytes of a file, or tokens of a stream, hashed (or counted) at a time
 

@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from nano.files import write_json
 from nano.errors import NanoError
+from nano.files import write_json
 
 FORMAT = "nano-teacher-cache"
 VERSION = 1
