@@ -61,4 +61,21 @@ def test_eval_refuses_data_from_another_tokenizer(tiny_ckpt, tiny_data, tmp_path
     meta["tokenizer_sha256"] = "0" * 64
     (other / "meta.json").write_text(json.dumps(meta))
     result = runner.invoke(app, ["eval", str(other), "--data", str(tiny_data)])
-    assert result.exit_code == 1 and "tokenizer" in result.output
+    message = " ".join(result.output.split())
+    assert result.exit_code == 1 and result.output.startswith("error: "), result.output
+    assert f"was tokenized with tokenizer {tiny_tokenizer.sha256} but the model uses {'0' * 64}" in message, message
+
+
+def test_prepare_writes_into_the_nano_cache_by_default(tiny_ckpt, tiny_tokenizer, tmp_path, nano_cache):
+    """Without --out the preparation goes to $NANO_CACHE/data/default-<tokenizer>: here this test's
+    own temporary cache (conftest), never the user's."""
+    for split in ("train", "held"):
+        (tmp_path / split).mkdir()
+        (tmp_path / split / "doc.txt").write_text(" ".join(f"the {split} rat ate oat {i} at noon." for i in range(30)))
+    result = runner.invoke(app, ["data", "prepare", "--tokenizer", str(tiny_ckpt), "--train", f"folder:{tmp_path / 'train'}",
+                                 "--heldout", f"folder:{tmp_path / 'held'}"])
+    assert result.exit_code == 0, result.output
+    out = nano_cache / "data" / f"default-{tiny_tokenizer.sha256[:12]}"
+    assert "wrote" in result.output and str(out) in "".join(result.output.split())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["tokenizer"]["sha256"] == tiny_tokenizer.sha256 and manifest["splits"]["train"]["documents"] == 1

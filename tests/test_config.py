@@ -49,9 +49,9 @@ def test_layer_pattern():
 
 def test_config_is_frozen_and_keyword_only():
     c = get_preset("tiny")
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'd_model'"):
         c.d_model = 1  # type: ignore[misc]
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="takes 1 positional argument but 4 were given"):
         ModelConfig("x", 1, 2)  # type: ignore[misc]
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nano.data import Source, TokenSplit, eval_windows, find_debian_docs, prepare
+from nano.data import Source, TokenSplit, eval_windows, prepare
 from nano.data.clean import html_to_text, rst_to_text
 from nano.errors import NanoError
 
@@ -214,7 +214,7 @@ def test_prepare_errors(tmp_path: Path, corpus):
     assert not (tmp_path / "out").exists()
     (tmp_path / "occupied").mkdir()
     (tmp_path / "occupied" / "keep.txt").write_text("x")
-    with pytest.raises(NanoError, match="not empty"):
+    with pytest.raises(NanoError, match="occupied: output directory exists and is not empty"):
         prepare(tmp_path / "occupied", ByteTokenizer(), sources=corpus)
 
 
@@ -252,15 +252,12 @@ def test_eval_windows():
     assert eval_windows(tokens, window=4, bos_id=2).dtype == np.int32
 
 
-# --- Debian (only where the docs are already on disk) -------------------------------------------
+# --- Debian (the default sources) ---------------------------------------------------------------
 
 
-@pytest.mark.skipif(
-    find_debian_docs("python3.11-doc") is None or find_debian_docs("sqlite3-doc") is None,
-    reason="python3.11-doc / sqlite3-doc not installed or cached",
-)
-def test_debian_docs(tmp_path: Path):
-    m = prepare(tmp_path / "data", ByteTokenizer())
+def test_debian_docs(tmp_path: Path, debian_docs_in_test_cache, nano_cache):
+    m = prepare(tmp_path / "data", ByteTokenizer())  # the default sources: debian:python3.11-doc / sqlite3-doc
+    assert all(p.is_symlink() for p in nano_cache.glob("debian/*"))  # read the shared docs, fetched nothing
     train, held = m.splits["train"], m.splits["heldout"]
     assert train["sources"][0]["package"] == "python3.11-doc" and train["sources"][0]["license"] == "PSF-2.0"
     assert train["documents"] > 400 and held["documents"] > 500

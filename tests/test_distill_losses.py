@@ -326,12 +326,19 @@ def test_peak_memory_is_per_chunk():
 
 # ---- argument checks ----
 
-@pytest.mark.parametrize("kw", [dict(kind="kl"), dict(kind="jsd", beta=1.5), dict(beta=-0.1),
-                                dict(temperature=0.0), dict(temperature=-1.0), dict(alpha=1.1),
-                                dict(alpha=-0.5), dict(chunk=0)])
-def test_bad_arguments(small, kw):
+@pytest.mark.parametrize("kw,message", [
+    (dict(kind="kl"), "unknown kind 'kl'; choose one of"),
+    (dict(kind="jsd", beta=1.5), r"beta must be a number in \[0, 1\], got 1\.5"),
+    (dict(beta=-0.1), r"beta must be a number in \[0, 1\], got -0\.1"),
+    (dict(temperature=0.0), "temperature must be > 0, got 0.0"),
+    (dict(temperature=-1.0), "temperature must be > 0, got -1.0"),
+    (dict(alpha=1.1), r"alpha must be in \[0, 1\], got 1\.1"),
+    (dict(alpha=-0.5), r"alpha must be in \[0, 1\], got -0\.5"),
+    (dict(chunk=0), "chunk must be a positive int, got 0"),
+], ids=["kind", "beta>1", "beta<0", "temperature=0", "temperature<0", "alpha>1", "alpha<0", "chunk=0"])
+def test_bad_arguments(small, kw, message):
     zs, zt, labels, _ = small
-    with pytest.raises(NanoError):
+    with pytest.raises(NanoError, match=message):
         run(zs, labels, DenseTargets(jnp.asarray(zt, jnp.float32), IDENTITY), **kw)
 
 
@@ -339,17 +346,17 @@ def test_bad_shapes(small):
     zs, zt, labels, _ = small
     ids, lp = _topk(zt, 2)
     ids, lp = jnp.asarray(ids), jnp.asarray(lp, jnp.float32)
-    bad = [SparseTargets(ids[:, :2], lp[:, :2]),  # T mismatch
-           SparseTargets(ids, lp[..., :1]),  # logprobs vs ids
-           SparseTargets(ids, lp, jnp.ones((2, 3, 3))),  # weights vs ids
-           SparseTargets(lp, lp),  # float ids
-           SparseTargets(ids[..., 0], lp[..., 0]),  # not (B, T, k)
-           DenseTargets(jnp.asarray(zt[:1], jnp.float32), IDENTITY),  # B mismatch
-           "not targets"]
-    for targets in bad:
-        with pytest.raises(NanoError):
+    bad = [(SparseTargets(ids[:, :2], lp[:, :2]), r"sparse ids must be integer \(B, T, k\)"),  # T mismatch
+           (SparseTargets(ids, lp[..., :1]), r"sparse logprobs shape \(2, 3, 1\) != ids shape \(2, 3, 2\)"),
+           (SparseTargets(ids, lp, jnp.ones((2, 3, 3))), r"sparse weights shape \(2, 3, 3\) != ids shape"),
+           (SparseTargets(lp, lp), r"sparse ids must be integer .*got float32"),  # float ids
+           (SparseTargets(ids[..., 0], lp[..., 0]), r"sparse ids must be integer \(B, T, k\)"),  # not (B, T, k)
+           (DenseTargets(jnp.asarray(zt[:1], jnp.float32), IDENTITY), r"teacher hidden shape \(1, 3, 4\)"),  # B
+           ("not targets", "targets must be DenseTargets or SparseTargets, got str")]
+    for targets, message in bad:
+        with pytest.raises(NanoError, match=message):
             run(zs, labels, targets)
-    with pytest.raises(NanoError):
+    with pytest.raises(NanoError, match=r"labels shape \(2, 2\) != \(B, T\) = \(2, 3\)"):
         run(zs, labels[:, :2], SparseTargets(ids, lp))
-    with pytest.raises(NanoError):
+    with pytest.raises(NanoError, match=r"mask shape \(3, 2\) != \(B, T\) = \(2, 3\)"):
         run(zs, labels, SparseTargets(ids, lp), mask=jnp.ones((3, 2), bool))

@@ -73,7 +73,7 @@ def test_cross_entropy_baseline_and_vocab_mismatch(tmp_path, tiny_teacher):
     cfg = _cfg(None, tokens=8 * 32 * 2)
     last = Trainer(cfg, tmp_path / "ce", teacher_ckpt=None, rows=ROWS, eval_windows=ROWS[:2, :16].astype(np.int32)).run()
     assert "ce" in last and "heldout_ppl" in last
-    with pytest.raises(NanoError, match="vocabulary"):
+    with pytest.raises(NanoError, match="512-token vocabulary but student preset 'student_20m' has 262,144"):
         Trainer(_cfg(tiny_teacher, student="student_20m"), tmp_path / "x", teacher_ckpt=tiny_teacher,
                 rows=ROWS, eval_windows=None)
 

@@ -4,7 +4,6 @@ EMBEDDING_LOOKUP; int4/int8 weights are stored bit-exactly and run as the dequan
 
 import dataclasses
 
-import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
@@ -18,42 +17,15 @@ from export.tflite import export_tflite, read_qtensors
 from nano.checkpoint import flat_params, model_from_flat
 from nano.config import get_preset
 from nano.errors import NanoError
-from nano.model import Transformer, init_cache
+from nano.model import Transformer
 from nano.qtensor import dequantize
 from quantize.int4 import quantize
-
-PROMPT = [2, 17, 300, 42, 7]
-STEPS = 8
+from tests.conftest import PROMPT, max_diff, reference, run_litert
 
 TINY = get_preset("tiny")  # Gemma 3 style: QK-norm, GQA 4/2, window 8, 5 local + 1 global
 # Gemma 2 style; small caps so both tanh soft-caps are far from linear on a random model.
 TINY_G2 = dataclasses.replace(TINY, name="tiny_g2", qk_norm=False, attn_pattern=2,
                               attn_softcap=2.0, final_softcap=3.0)
-
-
-def reference(model, prompt, steps=STEPS):
-    """JAX logits (V,) after the prompt and after each of `steps` greedy tokens."""
-    cache = init_cache(model.config, length=model.config.max_seq_len)
-    logits, cache = model(jnp.array([prompt]), cache=cache, start=0)
-    out = [np.asarray(logits[0, -1])]
-    for pos in range(len(prompt), len(prompt) + steps):
-        token = int(np.argmax(out[-1]))
-        logits, cache = model(jnp.array([[token]]), cache=cache, start=pos)
-        out.append(np.asarray(logits[0, -1]))
-    return out
-
-
-def run_litert(path, prompt, ref_logits):
-    """LiteRT logits on the same path, fed the reference's greedy tokens (teacher forcing)."""
-    m = LiteRTModel(path)
-    out = [m.prefill(prompt)]
-    for ref in ref_logits[:-1]:
-        out.append(m.decode(int(np.argmax(ref))))
-    return out
-
-
-def max_diff(a, b):
-    return max(float(np.abs(x - y).max()) for x, y in zip(a, b))
 
 
 def quantized(model, group, *, embed_bits=4):
@@ -164,19 +136,31 @@ def test_quantized_export(tmp_path, group, embed_bits):
             assert np.argmax(g) == np.argmax(r)
 
 
-def test_bad_arguments(tmp_path):
+BAD_ARGUMENTS = {  # case: (qtensors or None, keyword arguments, what the refusal says)
+    "not a kernel": ("layers.0.attn.q", {}, r"'layers\.0\.attn\.q' is not a kernel or the embedding"),
+    "shape": ("layers.0.attn.k.kernel", {}, r"layers\.0\.attn\.k\.kernel: QTensor codes have shape \(64, 64\), "
+                                            r"expected \(64, 32\)"),
+    "asymmetric": ("asymmetric", {}, r"layers\.0\.attn\.q\.kernel: asymmetric QTensor"),
+    "bfloat16": ("unrounded scales", {}, r"layers\.0\.attn\.q\.kernel: \d+ group scale\(s\) are not exactly "
+                                         r"representable in bfloat16"),
+    "seq_len": (None, {"seq_len": 4096}, r"seq_len 4096 must be in \[1, 64\]"),
+    "prefill_len": (None, {"prefill_len": 65}, r"prefill_len 65 must be in \[1, seq_len=64\]"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ARGUMENTS))
+def test_bad_arguments(tmp_path, case):
     model = Transformer(TINY, rngs=nnx.Rngs(0))
     w = flat_params(model)["layers.0.attn.q.kernel"]
     qt = quantize(w, bits=4, group=32)
-    cases = {
-        "not a kernel": ({"layers.0.attn.q": qt}, {}),
-        "shape": ({"layers.0.attn.k.kernel": qt}, {}),
-        "asymmetric": ({"layers.0.attn.q.kernel": quantize(w, bits=4, group=32, symmetric=False)}, {}),
-        "bfloat16": ({"layers.0.attn.q.kernel": dataclasses.replace(qt, scale=qt.scale * np.float32(1.001))}, {}),
-        "seq_len": (None, {"seq_len": 4096}),
-        "prefill_len": (None, {"prefill_len": 65}),
+    qtensors = {
+        "layers.0.attn.q": {"layers.0.attn.q": qt},
+        "layers.0.attn.k.kernel": {"layers.0.attn.k.kernel": qt},
+        "asymmetric": {"layers.0.attn.q.kernel": quantize(w, bits=4, group=32, symmetric=False)},
+        "unrounded scales": {"layers.0.attn.q.kernel": dataclasses.replace(qt, scale=qt.scale * np.float32(1.001))},
+        None: None,
     }
-    for why, (qts, kw) in cases.items():
-        with pytest.raises(NanoError):
-            export_tflite(model, tmp_path / "x.tflite", qtensors=qts, **kw)
-    assert not (tmp_path / "x.tflite").exists()
+    which, kw, message = BAD_ARGUMENTS[case]
+    with pytest.raises(NanoError, match=message):
+        export_tflite(model, tmp_path / "x.tflite", qtensors=qtensors[which], **kw)
+    assert not list(tmp_path.iterdir())

@@ -4,6 +4,7 @@ generates nano.generate's greedy tokens, and bad input is refused before anythin
 
 from pathlib import Path
 
+import litert_lm  # pinned (requirements.txt): a missing wheel fails here instead of skipping
 import numpy as np
 import pytest
 from flax import nnx
@@ -23,7 +24,7 @@ from nano.model import Transformer
 from nano.qcheckpoint import read_quantized
 from quantize.recipe import Recipe, TensorSpec
 from quantize.run import quantize_checkpoint
-from tests.test_export import PROMPT, max_diff, reference, run_litert
+from tests.conftest import PROMPT, max_diff, reference, run_litert
 
 TINY = get_preset("tiny")
 RTN4 = TensorSpec(method="rtn", bits=4, group=32)  # rtn: no calibration data; embed stays int8/channel
@@ -77,7 +78,6 @@ def test_litertlm_bundle_holds_model_tokenizer_and_metadata(quantized_export, ti
 
 
 def test_litert_lm_generates_nano_greedy_tokens(tmp_path, tiny_tokenizer):
-    litert_lm = pytest.importorskip("litert_lm")
     tok = tiny_tokenizer
     # LiteRT-LM returns text only. Zero the embedding rows of every token that is not one
     # character (merges, bytes, specials, unused): their logits are then exactly 0, below the
@@ -112,7 +112,6 @@ def test_litert_lm_generates_nano_greedy_tokens(tmp_path, tiny_tokenizer):
 
 
 def test_bad_bundles_are_refused_in_one_line(quantized_export, tmp_path):
-    pytest.importorskip("litert_lm")
     _, summary = quantized_export
     bundle = Path(summary["litertlm"])
     truncated, junk = tmp_path / "cut.litertlm", tmp_path / "junk.litertlm"

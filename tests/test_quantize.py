@@ -14,7 +14,10 @@ from typer.testing import CliRunner
 
 from nano.checkpoint import flat_params, load_checkpoint
 from nano.cli import app
+from nano.data.shards import TokenSplit, eval_windows
 from nano.errors import NanoError
+from nano.eval import evaluate
+from nano.generate import generate
 from nano.qcheckpoint import decode, encode, read_quantized
 from nano.qtensor import dequantize
 from quantize.calibrate import Activations
@@ -172,19 +175,39 @@ def test_recipe_errors(data, error):
 
 # ---- the CLI ----
 
-def test_cli_quantize_then_eval_and_generate(tiny_ckpt, tiny_data, tmp_path):
+def test_cli_quantize_then_eval_and_generate(tiny_ckpt, tiny_data, tiny_tokenizer, tmp_path):
     out = tmp_path / "q"
     result = runner.invoke(app, ["quantize", str(tiny_ckpt), "--out", str(out), "--method", "gptq", "--group", "16",
                                  "--calib", str(tiny_data), "--calib-rows", "4", "--calib-len", "32",
                                  "--eval-windows", "0", "--embed", "int4"])
     assert result.exit_code == 0, result.output
     assert "layers.5.mlp.down.kernel" in result.output and "bits/weight" in result.output
+    assert "wrote" in result.output
     manifest = json.loads((out / "quantization.json").read_text())
     assert manifest["tensors"]["embed"]["bits"] == 4 and manifest["recipe"]["group"] == 16
-    result = runner.invoke(app, ["eval", str(out), "--data", str(tiny_data), "--window", "32", "--windows", "2"])
+    assert manifest["recipe"]["method"] == "gptq" and manifest["calibration"] is not None
+    quantized = load_checkpoint(out)  # the dequantized codes: what eval and generate must run
+
+    report = tmp_path / "eval.json"
+    result = runner.invoke(app, ["eval", str(out), "--data", str(tiny_data), "--window", "32", "--windows", "2",
+                                 "--json", str(report)])
     assert result.exit_code == 0, result.output
+    assert "perplexity" in result.output
+    row = json.loads(report.read_text())
+    held = TokenSplit.open(tiny_data, "heldout")
+    want = evaluate(quantized, eval_windows(held.tokens, window=32, bos_id=tiny_tokenizer.bos_id, max_windows=2))
+    assert row["checkpoint"] == str(out) and (row["windows"], row["scored_tokens"]) == (2, 2 * 31)
+    assert row["perplexity"] == pytest.approx(want.perplexity, rel=1e-5)
+
     result = runner.invoke(app, ["generate", str(out), "--prompt", "the rat", "--max-tokens", "4"])
     assert result.exit_code == 0, result.output
+    stops = tiny_tokenizer.stop_ids()
+    ids = []
+    for t in generate(quantized, tiny_tokenizer.encode("the rat", add_bos=True), max_new_tokens=4, stop_ids=stops):
+        if t in stops:
+            break
+        ids.append(t)
+    assert result.output == "the rat" + tiny_tokenizer.decode(ids) + "\n"  # the quantized model's greedy text
 
 
 def test_cli_quantize_bad_input(tiny_ckpt, tiny_data, tmp_path):
@@ -192,6 +215,10 @@ def test_cli_quantize_bad_input(tiny_ckpt, tiny_data, tmp_path):
     q = tmp_path / "q"
     ok = runner.invoke(app, ["quantize", str(tiny_ckpt), "--out", str(q), "--method", "rtn", "--eval-windows", "0"])
     assert ok.exit_code == 0, ok.output
+    assert "wrote" in ok.output and "bits/weight" in ok.output
+    _, qtensors, manifest = read_quantized(q)
+    assert manifest["recipe"]["method"] == "rtn" and manifest["calibration"] is None  # rtn: no default data read
+    assert len(qtensors) == 6 * 7 + 1
     cases = [
         (["quantize", str(q), "--out", str(tmp_path / "qq"), "--method", "rtn", "--eval-windows", "0"],
          "already quantized"),
@@ -208,6 +235,7 @@ def test_cli_quantize_bad_input(tiny_ckpt, tiny_data, tmp_path):
         result = runner.invoke(app, args)
         assert result.exit_code == 1 and message in result.output, (args, result.output)
         assert "Traceback" not in result.output
+        assert args[3] == str(tiny_ckpt) or not (tmp_path / args[3]).exists(), args  # nothing written
     # calibration text tokenized by another vocabulary
     other = tmp_path / "other"
     shutil.copytree(tiny_ckpt, other)
@@ -216,6 +244,7 @@ def test_cli_quantize_bad_input(tiny_ckpt, tiny_data, tmp_path):
     result = runner.invoke(app, ["quantize", str(other), "--out", str(tmp_path / "t"), "--calib", str(tiny_data),
                                  "--eval-windows", "0"])
     assert result.exit_code == 1 and "tokenized with tokenizer" in result.output, result.output
+    assert not (tmp_path / "t").exists()
     assert digest(tiny_ckpt) == before and cfg["vocab_size"] == 512
 
 

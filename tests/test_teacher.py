@@ -1,5 +1,6 @@
 """The real teacher (packaged Gemma 3 270M) against llama.cpp on real held-out text."""
 
+import llama_cpp  # noqa: F401  pinned (requirements.txt): a missing wheel fails here instead of skipping
 import numpy as np
 import pytest
 
@@ -7,9 +8,9 @@ from nano.checkpoint import load_checkpoint, load_config
 from nano.data.shards import TokenSplit, eval_windows
 from nano.eval import evaluate, window_nll
 from nano.generate import generate
+from tests.conftest import kl_per_position
 
 pytestmark = pytest.mark.slow
-llama_cpp = pytest.importorskip("llama_cpp")
 
 
 @pytest.fixture(scope="module")
@@ -29,22 +30,17 @@ def test_imported_config_is_the_preset(teacher_ckpt):
 
 
 def test_logits_match_llama_cpp_f32(teacher, teacher_f32_gguf, heldout):
-    """Mean KL(llama.cpp || ours) <= 1e-3 over >= 1,000 held-out tokens (F32 GGUF of our weights)."""
+    """Mean KL(llama.cpp || ours) <= 1e-5 over >= 1,000 held-out tokens (F32 GGUF of our weights)."""
     from benchmarks.harness.llamacpp import LlamaCpp
 
     ref = LlamaCpp(teacher_f32_gguf, window=512)
-    kls = []
-    for window in heldout[:2]:
-        theirs = ref.logits(window).astype(np.float64)
-        ours = np.asarray(teacher(window[None])[0][0], dtype=np.float64)
-        lp = theirs - theirs.max(-1, keepdims=True)
-        lp -= np.log(np.exp(lp).sum(-1, keepdims=True))
-        lq = ours - ours.max(-1, keepdims=True)
-        lq -= np.log(np.exp(lq).sum(-1, keepdims=True))
-        kls.append((np.exp(lp) * (lp - lq)).sum(-1))
-    kl = np.concatenate(kls)
+    kl = np.concatenate([kl_per_position(ref.logits(window), np.asarray(teacher(window[None])[0][0]))
+                         for window in heldout[:2]])
     assert kl.size >= 1000
-    assert kl.mean() <= 1e-3, kl.mean()
+    # Measured 3.3e-7 here (largest single position 7.4e-6; 1.1e-6 on another machine). Near misses
+    # land far above the bound (one window): norm epsilon 1e-5 instead of 1e-6 gives 2.4e-2, twice
+    # the local RoPE base 1.1e-2, twice the global one 1.7e-3.
+    assert kl.mean() <= 1e-5, kl.mean()
 
 
 def test_greedy_continuation_matches_llama_cpp(teacher, teacher_f32_gguf, teacher_tokenizer):
