@@ -7,6 +7,7 @@ quantized size (nano1 at int4 fits a 24 GiB machine)."""
 
 import math
 import os
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -89,11 +90,13 @@ def load_for_export(ckpt: str | Path) -> tuple[dict[str, np.ndarray], dict[str, 
 
 
 def export_checkpoint(ckpt: str | Path, out: str | Path, *, seq_len: int | None = None,
-                      prefill_len: int | None = None, litertlm: bool = False,
+                      prefill_len: int | None = None, litertlm: bool = False, ring: bool = False,
                       max_tokens: int | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """Write `out` (.tflite) from checkpoint `ckpt`; with `litertlm`, also `out` with suffix
     .litertlm (the .tflite, the checkpoint's tokenizer.model, BOS as start token, the tokenizer's
-    stop ids, `max_tokens` (default seq_len) as the context limit). Returns a summary."""
+    stop ids, `max_tokens` (default seq_len) as the context limit). `ring`: the .tflite's local
+    layers keep rings of `window` cache positions; the bundle keeps full caches, which LiteRT-LM
+    needs. Returns a summary."""
     start = time.perf_counter()
     ckpt, out = Path(ckpt), Path(out)
     report = progress or (lambda *a: None)
@@ -113,20 +116,25 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, *, seq_len: int | None 
     report("convert to .tflite", 1, stages)
     try:
         export_params(config, out, floats=floats, qtensors=qtensors, seq_len=S, prefill_len=T,
-                      source=str(ckpt))
+                      source=str(ckpt), ring=ring)
     except ConverterError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise NanoError(f"{ckpt}: the TFLite converter cannot export model {config.name!r} ({first}); "
                         "its config uses an op LiteRT's builtins lack, export a supported preset") from None
     summary: dict[str, Any] = {
         "checkpoint": str(ckpt), "model": config.name, "tflite": str(out), "tflite_bytes": out.stat().st_size,
-        "seq_len": S, "prefill_len": T, "quantized_tensors": len(qtensors),
+        "seq_len": S, "prefill_len": T, "ring_kv": ring, "quantized_tensors": len(qtensors),
         "litertlm": None, "litertlm_bytes": None, "max_tokens": max_tokens}
     if litertlm:
         report("bundle .litertlm", 2, stages)
         bundle = out.with_suffix(".litertlm")
         meta = llm_metadata(start_id=tokenizer.bos_id, stop_ids=tokenizer.stop_ids(), max_tokens=max_tokens)
-        write_litertlm(bundle, tflite=out, tokenizer=ckpt / TOKENIZER, metadata=meta, name=config.name)
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+            model = out
+            if ring:  # LiteRT-LM takes its context length from layer 0's cache: it needs full caches
+                model = export_params(config, Path(tmp) / out.name, floats=floats, qtensors=qtensors, seq_len=S,
+                                      prefill_len=T, source=str(ckpt))
+            write_litertlm(bundle, tflite=model, tokenizer=ckpt / TOKENIZER, metadata=meta, name=config.name)
         summary.update(litertlm=str(bundle), litertlm_bytes=bundle.stat().st_size)
     report("done", stages, stages)
     summary["seconds"] = round(time.perf_counter() - start, 2)

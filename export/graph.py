@@ -16,7 +16,10 @@ quantizers and LiteRT's int4 kernels do not handle) while `tf.gather` gives a GA
 one buffer in the file.
 
 Signatures (one shared set of weights once `export.flatbuffer` has bound them):
-  inputs   tokens int32 [1, T], input_pos int32 [T], kv_cache_{k,v}_i float32 [1, K, S, H]
+  inputs   tokens int32 [1, T], input_pos int32 [T], kv_cache_{k,v}_i float32 [1, K, S_i, H]
+           (S_i = seq_len; with `ring`, min(window, seq_len) for local layers: a ring written at
+           position % S_i, read whole before the chunk is written, so a runner must give a ring
+           cache's output its own buffer, not the input's; full caches may be updated in place)
   outputs  logits float32 [1, 1, V], kv_cache_{k,v}_i (the caches with [pos, pos+T) written)
 `prefill` has T = prefill_len, `decode` T = 1. The chunk is written at input_pos[0]; LiteRT-LM
 zero-pads a short prompt's tokens and positions, so prefill's logits are those of the last real
@@ -36,7 +39,7 @@ from flax import nnx
 from jax.experimental import jax2tf
 
 from nano.config import ModelConfig
-from nano.model import abstract_model
+from nano.model import abstract_model, cache_lengths
 from nano.params import is_matrix
 
 
@@ -68,9 +71,9 @@ def _decoder(config: ModelConfig):
 
 
 class _Graph(tf.Module):
-    def __init__(self, config: ModelConfig, gains: Mapping[str, np.ndarray]):
+    def __init__(self, config: ModelConfig, gains: Mapping[str, np.ndarray], *, ring: bool):
         super().__init__()
-        self.config = config
+        self.config, self.ring = config, ring
         fn, names, self.kernels = _decoder(config)
         gains = {n: np.asarray(gains[n], np.float32) for n in names}
         if config.final_softcap is not None:
@@ -100,11 +103,12 @@ class _Graph(tf.Module):
 
     def signature(self, name: str, T: int, S: int):
         c = self.config
-        cache = [1, c.num_kv_heads, S, c.head_dim]  # LiteRT-LM reads the context length from dim 2
         specs = [tf.TensorSpec([1, T], tf.int32, name="tokens"),
                  tf.TensorSpec([T], tf.int32, name="input_pos")]
-        specs += [tf.TensorSpec(cache, tf.float32, name=f"kv_cache_{kv}_{i}")
-                  for i in range(c.num_layers) for kv in "kv"]
+        # [1, K, S, H]: LiteRT-LM reads the context length from dim 2; local layers hold a ring
+        # of `window` positions when `ring`
+        specs += [tf.TensorSpec([1, c.num_kv_heads, n, c.head_dim], tf.float32, name=f"kv_cache_{kv}_{i}")
+                  for i, n in enumerate(cache_lengths(c, S, ring=self.ring)) for kv in "kv"]
         specs += [tf.TensorSpec(s[::-1], tf.float32, name=n) for n, s in self.kernels.items()]  # (out, in)
         specs.append(tf.TensorSpec([c.vocab_size, c.d_model], tf.float32, name="embed"))
         n_cache, n_kernels = 2 * c.num_layers, len(self.kernels)
@@ -117,10 +121,12 @@ class _Graph(tf.Module):
         return tf.function(fn, input_signature=specs, autograph=False).get_concrete_function()
 
 
-def convert(config: ModelConfig, gains: Mapping[str, np.ndarray], *, seq_len: int, prefill_len: int) -> bytes:
+def convert(config: ModelConfig, gains: Mapping[str, np.ndarray], *, seq_len: int, prefill_len: int,
+            ring: bool = False) -> bytes:
     """TFLite flatbuffer (builtin ops only) of the model with `gains` (its norm gains, float32,
-    named as in Nano) as constants and every weight as a signature input (see the module doc)."""
-    graph = _Graph(config, gains)
+    named as in Nano) as constants and every weight as a signature input (see the module doc).
+    `ring`: local layers keep a ring of `window` cache positions (`nano.model.cache_lengths`)."""
+    graph = _Graph(config, gains, ring=ring)
     absl = logging.getLogger("absl")
     level = absl.level
     absl.setLevel(logging.ERROR)  # tf.function warns once per dotted weight name ("Sanitizing ...")

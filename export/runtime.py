@@ -65,7 +65,7 @@ class LiteRTModel(ChunkedLM):
         inputs = self._prefill.get_input_details()
         self.prefill_len = int(inputs["tokens"]["shape"][1])
         self._caches = {k: tuple(v["shape"]) for k, v in inputs.items() if k.startswith("kv_cache_")}
-        self.seq_len = int(inputs["kv_cache_k_0"]["shape"][2])
+        self.seq_len = max(shape[2] for shape in self._caches.values())  # local layers may hold a ring
         self.reset()
 
     def reset(self) -> None:

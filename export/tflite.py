@@ -99,15 +99,16 @@ def check_params(config: ModelConfig, floats: Mapping[str, np.ndarray], qtensors
 
 def export_params(config: ModelConfig, out: str | Path, *, floats: Mapping[str, np.ndarray],
                   qtensors: Mapping[str, QTensor], seq_len: int | None = None,
-                  prefill_len: int | None = None, source: str | None = None) -> Path:
+                  prefill_len: int | None = None, source: str | None = None, ring: bool = False) -> Path:
     """Write `out` (.tflite) from the model's parameters: `qtensors` (Nano names -> QTensors of
     the (in, out) kernel, of embed.T for the embedding) stored as INT4/INT8, every other
     parameter from `floats` (model layout) as float32; `source` (a checkpoint) starts error
-    messages. No float copy of a quantized weight is ever made."""
+    messages. `ring`: local layers' KV caches are rings of `window` positions (CompiledModel
+    runs it; LiteRT-LM needs one cache length). No float copy of a quantized weight is made."""
     S, T = default_lengths(config, seq_len, prefill_len)
     check_params(config, floats, qtensors, source=source)
     gains = {k: v for k, v in floats.items() if not is_matrix(k)}
-    tfl = flatbuffer.load(convert(config, gains, seq_len=S, prefill_len=T))
+    tfl = flatbuffer.load(convert(config, gains, seq_len=S, prefill_len=T, ring=ring))
     weights: dict[str, flatbuffer.Weight] = dict(qtensors)
     for name, w in floats.items():
         if is_matrix(name):  # kernels as (out, in) views: the writer copies one tensor at a time
@@ -120,7 +121,7 @@ def export_params(config: ModelConfig, out: str | Path, *, floats: Mapping[str, 
 
 def export_tflite(model: Transformer, out: str | Path, *, seq_len: int | None = None,
                   prefill_len: int | None = None,
-                  qtensors: Mapping[str, QTensor] | None = None) -> Path:
+                  qtensors: Mapping[str, QTensor] | None = None, ring: bool = False) -> Path:
     """Write `out` (.tflite): float32, or with the weights in `qtensors` as INT4/INT8 tensors.
 
     `qtensors` maps Nano parameter names (`layers.3.attn.q.kernel`, `embed`) to QTensors of the
@@ -131,7 +132,7 @@ def export_tflite(model: Transformer, out: str | Path, *, seq_len: int | None = 
     qtensors = dict(qtensors or {})
     floats = {k: v for k, v in flat_params(model).items() if k not in qtensors}
     return export_params(model.config, out, floats=floats, qtensors=qtensors, seq_len=seq_len,
-                         prefill_len=prefill_len)
+                         prefill_len=prefill_len, ring=ring)
 
 
 def read_qtensors(path: str | Path) -> dict[str, QTensor]:

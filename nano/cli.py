@@ -312,6 +312,7 @@ def export_cmd(
     seq_len: Annotated[Optional[int], typer.Option(help="KV-cache length (default min(max_seq_len, 1024)).")] = None,
     prefill_len: Annotated[Optional[int], typer.Option(help="Tokens per prefill call (default 128).")] = None,
     max_tokens: Annotated[Optional[int], typer.Option(help="LiteRT-LM max tokens (default seq_len).")] = None,
+    ring_kv: Annotated[bool, typer.Option(help="Local (sliding-window) layers keep a ring of `window` KV positions in the .tflite (CompiledModel); the .litertlm keeps full caches, as LiteRT-LM needs.")] = True,
 ) -> None:
     """Export to LiteRT: one .tflite with `prefill` and `decode` signatures (our int4 codes inside);
     or, with --out *.gguf, to llama.cpp's format."""
@@ -329,9 +330,10 @@ def export_cmd(
 
     with progress_bar() as report:
         summary = export_checkpoint(_checkpoint(ckpt), out, seq_len=seq_len, prefill_len=prefill_len,
-                                    litertlm=litertlm, max_tokens=max_tokens, progress=report)
+                                    litertlm=litertlm, ring=ring_kv, max_tokens=max_tokens, progress=report)
     table = Table("file", "size", "seq_len", "prefill_len", "quantized tensors", "seconds")
-    table.add_row(summary["tflite"], f"{summary['tflite_bytes'] / 2**20:,.1f} MiB", str(summary["seq_len"]),
+    kv = " (ring KV)" if summary["ring_kv"] else ""
+    table.add_row(summary["tflite"] + kv, f"{summary['tflite_bytes'] / 2**20:,.1f} MiB", str(summary["seq_len"]),
                   str(summary["prefill_len"]), str(summary["quantized_tensors"]), f"{summary['seconds']:.1f}")
     if summary.get("litertlm"):
         table.add_row(summary["litertlm"], f"{summary['litertlm_bytes'] / 2**20:,.1f} MiB", "", "", "", "")

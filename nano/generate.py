@@ -50,7 +50,7 @@ def sample(logits: Float[Array, "B V"], key: jax.Array, s: Sampling) -> Int[Arra
 @nnx.jit(static_argnums=(4,), donate_argnums=(2,))
 def _prefill(model: Transformer, tokens: Int[Array, "B T"], cache: KVCache,
              last: Int[Array, ""], s: Sampling, key: jax.Array):
-    h, cache = model.hidden(tokens, cache=cache, start=0)
+    h, cache = model.hidden(tokens, cache=cache, start=0, length=last + 1)
     h_last = jax.lax.dynamic_slice_in_dim(h, last, 1, axis=1)  # (B, 1, D)
     return sample(model.logits(h_last)[:, 0], key, s), cache
 

@@ -1,8 +1,15 @@
 """Gemma 2 / Gemma 3 decoder-only transformer in flax.nnx, with a fixed-size KV cache.
 
 One code path serves training, scoring and decoding: `Transformer.__call__` takes a chunk of
-tokens starting at position `start`; with a cache it writes the chunk's keys/values into the
-cache at `start` and attends over the whole cache (prefill is a chunk of T, decode a chunk of 1).
+tokens starting at position `start`; with a cache it attends over the cached positions and the
+chunk, and writes the chunk's keys/values into the cache (prefill is a chunk of T, decode a
+chunk of 1). A global layer's cache holds every position (written at `start`); a local layer's
+holds only its `window` most recent ones, a ring written at `position % window`, so its memory
+and the keys each decoded token reads stay fixed however long the context grows.
+
+Padding: a chunk may end in padding, marked as LiteRT-LM marks it, by position 0 after the
+first token (`positions[i] != start + i`); padded entries are never attended to and never
+overwrite a ring slot.
 
 Weights are stored (in, out), norms as their full multiplier (Gemma's `1 + w`, as in GGUF).
 """
@@ -13,7 +20,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Bool, Float, Int
 
 from nano.config import ModelConfig
 
@@ -28,10 +35,21 @@ _MASKED = -1e30  # finite, so a fully masked row can never produce NaN
 Tap = Callable[[str, jax.Array], None]
 
 
+def cache_lengths(config: ModelConfig, length: int, *, ring: bool = True) -> list[int]:
+    """Positions each layer's cache holds for a context of `length`: all of them for global
+    layers; a ring of min(window, length) for local ones (`ring=False`: all, for runtimes that
+    need one cache length, e.g. LiteRT-LM)."""
+    return [length if config.is_global(i) or not ring else min(config.window, length)
+            for i in range(config.num_layers)]
+
+
 def init_cache(config: ModelConfig, *, batch: int = 1, length: int | None = None,
-               dtype=jnp.float32) -> KVCache:
-    shape = (batch, config.num_kv_heads, length or config.max_seq_len, config.head_dim)
-    return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(config.num_layers)]
+               dtype=jnp.float32, ring: bool = True) -> KVCache:
+    cache = []
+    for n in cache_lengths(config, length or config.max_seq_len, ring=ring):
+        shape = (batch, config.num_kv_heads, n, config.head_dim)  # (B, K, S, H)
+        cache.append((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)))
+    return cache
 
 
 class RMSNorm(nnx.Module):
@@ -63,6 +81,24 @@ def rope(x: Float[Array, "B T N H"], positions: Int[Array, "T"], base: float) ->
     cos, sin = jnp.cos(angles)[:, None, :], jnp.sin(angles)[:, None, :]  # (T, 1, H/2)
     x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+def ring_positions(start: Int[Array, ""], slots: int) -> Int[Array, "S"]:
+    """Position held by each slot of a ring of `slots` after positions [0, start) were written:
+    the latest p < start with p = slot (mod slots); negative where nothing was written yet."""
+    j = jnp.arange(slots, dtype=jnp.int32)
+    return start - 1 - jnp.mod(start - 1 - j, slots)
+
+
+def ring_write(cache: Float[Array, "B K S H"], new: Float[Array, "B K T H"], start: Int[Array, ""],
+               keep: Bool[Array, "T"]) -> Float[Array, "B K S H"]:
+    """`cache` with the chunk's entries where `keep` written at (start + i) % S. A one-hot
+    product rather than a scatter: it converts to plain TFLite ops and is exact."""
+    S, T = cache.shape[2], new.shape[2]
+    slot = jnp.mod(start + jnp.arange(T, dtype=jnp.int32), S)  # (T,)
+    onehot = (slot[:, None] == jnp.arange(S, dtype=jnp.int32)[None, :]) & keep[:, None]  # (T, S)
+    written = jnp.einsum("ts,bkth->bksh", onehot.astype(cache.dtype), new.astype(cache.dtype))  # (B, K, S, H)
+    return jnp.where(onehot.any(0)[None, None, :, None], written, cache)
 
 
 def attention_mask(q_pos: Int[Array, "T"], k_pos: Int[Array, "S"], window: int | None) -> jax.Array:
@@ -102,27 +138,45 @@ class Attention(nnx.Module):
         q = rope(q, positions, self.rope_base) * jnp.asarray(c.attn_scale, q.dtype)
         k = rope(k, positions, self.rope_base)
         k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # (B, K, T, H)
+        q = q.reshape(B, T, c.num_kv_heads, c.num_heads // c.num_kv_heads, c.head_dim)  # (B, T, K, G, H)
         if cache is None:
-            k_pos = positions
-        else:
+            out = self._attend(q, [(k, v, attention_mask(positions, positions, self.window))])
+        elif self.window is not None and cache[0].shape[2] <= self.window:  # a ring of recent positions
+            order = start + jnp.arange(T, dtype=jnp.int32)  # chunk positions, padding included
+            fresh = positions == order  # False on padding
+            ring_pos = ring_positions(start, cache[0].shape[2])
+            old = attention_mask(order, ring_pos, self.window) & (ring_pos >= 0)[None, :]
+            new = attention_mask(order, order, self.window) & fresh[None, :]
+            out = self._attend(q, [(cache[0], cache[1], old), (k, v, new)])
+            keep = fresh & (jnp.arange(T) >= jnp.sum(fresh) - cache[0].shape[2])  # the last S real ones
+            cache = (ring_write(cache[0], k, start, keep), ring_write(cache[1], v, start, keep))
+        else:  # every position: write the chunk at `start`, attend over the cache
             k = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, 0, start, 0))
             v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, 0, start, 0))
             cache = (k, v)
-            k_pos = jnp.arange(k.shape[2])
-        groups = c.num_heads // c.num_kv_heads
-        q = q.reshape(B, T, c.num_kv_heads, groups, c.head_dim)  # (B, T, K, G, H)
-        logits = jnp.einsum("btkgh,bksh->bkgts", q, k.astype(q.dtype),
-                            preferred_element_type=jnp.float32)  # (B, K, G, T, S)
-        if c.attn_softcap is not None:
-            logits = c.attn_softcap * jnp.tanh(logits / c.attn_softcap)
-        mask = attention_mask(positions, k_pos, self.window)
-        logits = jnp.where(mask, logits, _MASKED)
-        probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bkgts,bksh->btkgh", probs, v.astype(probs.dtype))  # (B, T, K, G, H)
+            out = self._attend(q, [(k, v, attention_mask(positions, jnp.arange(k.shape[2]), self.window))])
         out = out.reshape(B, T, c.num_heads * c.head_dim)  # (B, T, N*H)
         if tap:
             tap("o", out)
         return self.o(out), cache
+
+    def _attend(self, q: Float[Array, "B T K G H"],
+                parts: list[tuple[Float[Array, "B K S H"], Float[Array, "B K S H"], Bool[Array, "T S"]]]
+                ) -> Float[Array, "B T K G H"]:
+        """Softmax attention over the keys of every (keys, values, mask) part jointly."""
+        c = self.config
+        logits = jnp.concatenate([jnp.einsum("btkgh,bksh->bkgts", q, k.astype(q.dtype), preferred_element_type=jnp.float32)
+                                  for k, _, _ in parts], axis=-1)  # (B, K, G, T, S1+S2)
+        if c.attn_softcap is not None:
+            logits = c.attn_softcap * jnp.tanh(logits / c.attn_softcap)
+        mask = jnp.concatenate([m for _, _, m in parts], axis=-1)
+        probs = jax.nn.softmax(jnp.where(mask, logits, _MASKED), axis=-1)
+        out, at = 0.0, 0
+        for _, v, _ in parts:
+            p = probs[..., at:at + v.shape[2]].astype(v.dtype)
+            out = out + jnp.einsum("bkgts,bksh->btkgh", p, v.astype(p.dtype))  # (B, T, K, G, H)
+            at += v.shape[2]
+        return out
 
 
 class MLP(nnx.Module):
@@ -187,10 +241,14 @@ class Transformer(nnx.Module):
         return (x * math.sqrt(self.config.d_model)).astype(self.dtype)
 
     def hidden(self, tokens: Int[Array, "B T"], *, cache: KVCache | None = None,
-               start: Int[Array, ""] | int = 0) -> tuple[Float[Array, "B T D"], KVCache | None]:
-        """Final-normed hidden states; with `cache`, also the cache updated at [start, start+T)."""
+               start: Int[Array, ""] | int = 0, length: Int[Array, ""] | int | None = None
+               ) -> tuple[Float[Array, "B T D"], KVCache | None]:
+        """Final-normed hidden states; with `cache`, also the cache updated at [start, start+T).
+        `length`: the chunk's real tokens; the rest is padding (see the module doc)."""
         start = jnp.asarray(start, jnp.int32)
         positions = start + jnp.arange(tokens.shape[1], dtype=jnp.int32)
+        if length is not None:
+            positions = jnp.where(jnp.arange(tokens.shape[1]) < length, positions, 0)
         x = self.embed_tokens(tokens)
         new_cache = [] if cache is not None else None
         for i, block in enumerate(self.layers):
@@ -207,8 +265,9 @@ class Transformer(nnx.Module):
         return out if cap is None else cap * jnp.tanh(out / cap)
 
     def __call__(self, tokens: Int[Array, "B T"], *, cache: KVCache | None = None,
-                 start: Int[Array, ""] | int = 0) -> tuple[Float[Array, "B T V"], KVCache | None]:
-        h, cache = self.hidden(tokens, cache=cache, start=start)
+                 start: Int[Array, ""] | int = 0, length: Int[Array, ""] | int | None = None
+                 ) -> tuple[Float[Array, "B T V"], KVCache | None]:
+        h, cache = self.hidden(tokens, cache=cache, start=start, length=length)
         return self.logits(h), cache
 
 

@@ -90,6 +90,24 @@ def test_compiled_model_keeps_the_kv_cache_in_place(files):
     lm.close()
 
 
+def test_compiled_model_runs_the_ring_export_like_the_full_cache(files, tmp_path):
+    """CompiledModel on the ring export (8-slot local caches) gives the full-cache model's logits
+    through a 60-token prompt and decoding to the last position, and its layout says so."""
+    model = Transformer(TINY, rngs=nnx.Rngs(0))  # the model of `files`
+    ring = export_tflite(model, tmp_path / "ring.tflite", prefill_len=8, ring=True)
+    layout = read_layout(ring)
+    assert layout.seq_len == 64 and layout == read_layout(files["tflite"])
+    ref, lm = LiteRTModel(files["tflite"]), CompiledLM(ring, threads=2)
+    prompt = np.random.default_rng(2).integers(4, TINY.vocab_size, 50).tolist()
+    want, got = [ref.prefill(prompt)], [lm.prefill(prompt)]
+    while ref.pos < ref.seq_len:
+        token = int(np.argmax(want[-1]))
+        want.append(ref.decode(token))
+        got.append(lm.decode(token))
+    np.testing.assert_allclose(np.stack(got), np.stack(want), rtol=0, atol=1e-5)
+    lm.close()
+
+
 def test_litertlm_input_runs_its_own_tflite(files, tmp_path):
     tflite, bundle = _model_files(files["litertlm"], tmp_path)
     assert bundle == files["litertlm"] and tflite.read_bytes() == files["tflite"].read_bytes()

@@ -50,10 +50,13 @@ def dequantized_model(model, qts):
     return model_from_flat(model.config, params, source="test")
 
 
-@pytest.fixture(scope="module", params=[TINY, TINY_G2], ids=["gemma3", "gemma2"])
+@pytest.fixture(scope="module", params=[(TINY, False), (TINY_G2, False), (TINY, True), (TINY_G2, True)],
+                ids=["gemma3", "gemma2", "gemma3-ring", "gemma2-ring"])
 def float_export(request, tmp_path_factory):
-    model = Transformer(request.param, rngs=nnx.Rngs(0))
-    path = export_tflite(model, tmp_path_factory.mktemp("f") / "model.tflite", prefill_len=16)
+    config, ring = request.param
+    model = Transformer(config, rngs=nnx.Rngs(0))
+    path = export_tflite(model, tmp_path_factory.mktemp("ring" if ring else "full") / "model.tflite", prefill_len=16,
+                         ring=ring)
     return model, path
 
 
@@ -67,6 +70,14 @@ def test_prompt_over_several_chunks_and_the_window(float_export):
     model, path = float_export
     prompt = [int(t) for t in np.random.default_rng(1).integers(0, model.config.vocab_size, 21)]
     ref = reference(model, prompt, steps=3)  # 16 + 5 prompt tokens: two prefill chunks, window 8
+    assert max_diff(run_litert(path, prompt, ref), ref) <= 1e-4
+
+
+def test_long_decode_wraps_the_ring(float_export):
+    """37 prompt tokens (a padded last chunk) and 24 decode steps: 7 turns of an 8-slot ring."""
+    model, path = float_export
+    prompt = [int(t) for t in np.random.default_rng(2).integers(0, model.config.vocab_size, 37)]
+    ref = reference(model, prompt, steps=24)
     assert max_diff(run_litert(path, prompt, ref), ref) <= 1e-4
 
 
@@ -89,7 +100,9 @@ def test_graph_ops_signatures_and_one_embedding(float_export):
                for sg in tfl.subgraphs]
     assert len(set(weights[0])) == 7 * c.num_layers + 1 and weights[0] == weights[1]  # 7 kernels a layer, head
     m = LiteRTModel(path)
-    cache = [1, c.num_kv_heads, c.max_seq_len, c.head_dim]  # dim 2: LiteRT-LM's context length
+    ring = path.parent.name.startswith("ring")
+    # dim 2: LiteRT-LM's context length; with a ring, local layers hold `window` positions
+    lengths = [c.max_seq_len if c.is_global(i) or not ring else c.window for i in range(c.num_layers)]
     for name, T in (("prefill", 16), ("decode", 1)):
         runner = m.interpreter.get_signature_runner(name)
         ins, outs = runner.get_input_details(), runner.get_output_details()
@@ -99,8 +112,10 @@ def test_graph_ops_signatures_and_one_embedding(float_export):
         assert list(outs["logits"]["shape"]) == [1, 1, c.vocab_size]
         for i in range(c.num_layers):
             for kv in "kv":
+                cache = [1, c.num_kv_heads, lengths[i], c.head_dim]
                 assert list(ins[f"kv_cache_{kv}_{i}"]["shape"]) == cache
                 assert list(outs[f"kv_cache_{kv}_{i}"]["shape"]) == cache
+    assert m.seq_len == c.max_seq_len
 
 
 @pytest.mark.parametrize("group, embed_bits", [(32, 4), (None, 8)], ids=["int4-g32", "int4-channel+int8-embed"])

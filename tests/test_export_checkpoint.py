@@ -11,10 +11,11 @@ from flax import nnx
 from litert_lm_builder.runtime.proto import llm_metadata_pb2
 from tensorflow.lite.python.convert_phase import ConverterError
 
+from benchmarks.harness.litert import extract_tflite, read_layout
 from export import checkpoint as export_ckpt
 from export.checkpoint import export_checkpoint
 from export.litertlm import read_section, read_sections
-from export.runtime import litertlm_generate
+from export.runtime import LiteRTModel, litertlm_generate
 from export.tflite import read_qtensors
 from nano.checkpoint import TOKENIZER, flat_params, load_checkpoint, model_from_flat, save_checkpoint
 from nano.config import get_preset
@@ -77,7 +78,8 @@ def test_litertlm_bundle_holds_model_tokenizer_and_metadata(quantized_export, ti
     assert meta.max_num_tokens == 64
 
 
-def test_litert_lm_generates_nano_greedy_tokens(tmp_path, tiny_tokenizer):
+@pytest.mark.parametrize("ring", [False, True], ids=["full", "ring"])
+def test_litert_lm_generates_nano_greedy_tokens(tmp_path, tiny_tokenizer, ring):
     tok = tiny_tokenizer
     # LiteRT-LM returns text only. Zero the embedding rows of every token that is not one
     # character (merges, bytes, specials, unused): their logits are then exactly 0, below the
@@ -91,7 +93,14 @@ def test_litert_lm_generates_nano_greedy_tokens(tmp_path, tiny_tokenizer):
     params["embed"] *= 0.1
     model = model_from_flat(TINY, params, source="test")
     ckpt = save_checkpoint(tmp_path / "tiny", model, tokenizer=tok)
-    summary = export_checkpoint(ckpt, tmp_path / "m.tflite", prefill_len=8, litertlm=True)
+    summary = export_checkpoint(ckpt, tmp_path / "m.tflite", prefill_len=8, litertlm=True, ring=ring)
+    # the .tflite keeps rings of `window` positions on local layers when asked; the bundle always
+    # full caches (LiteRT-LM reads the context length from layer 0's cache)
+    bundled = extract_tflite(summary["litertlm"], tmp_path / "bundled.tflite")
+    assert read_layout(bundled).seq_len == read_layout(summary["tflite"]).seq_len == 64
+    lengths = {kind: LiteRTModel(path)._caches["kv_cache_k_0"][2] for kind, path in
+               (("tflite", summary["tflite"]), ("bundle", bundled))}
+    assert lengths == {"tflite": TINY.window if ring else 64, "bundle": 64} and summary["ring_kv"] is ring
 
     engine = litert_lm.Engine(summary["litertlm"], backend=litert_lm.Backend.CPU(thread_count=2),
                               activation_data_type=litert_lm.ActivationDataType.FLOAT32)

@@ -8,7 +8,8 @@ import pytest
 from flax import nnx
 
 from nano.config import get_preset
-from nano.model import RMSNorm, Transformer, attention_mask, init_cache, rope
+from nano.model import (RMSNorm, Transformer, attention_mask, cache_lengths, init_cache, ring_positions, ring_write,
+                        rope)
 
 TINY = get_preset("tiny")
 # Gemma-2-style variant of the tiny preset: alternating local/global, soft-caps, no QK-norm.
@@ -40,12 +41,13 @@ def test_attention_mask_exact():
     assert g.astype(int).tolist() == [[1, 1, 1, 0]]
 
 
+@pytest.mark.parametrize("ring", [True, False], ids=["ring", "full"])
 @pytest.mark.parametrize("config", [TINY, TINY_G2], ids=["gemma3", "gemma2"])
-def test_kv_cache_path_equals_full_forward(config):
+def test_kv_cache_path_equals_full_forward(config, ring):
     model = Transformer(config, rngs=nnx.Rngs(0))
     tokens = jax.random.randint(jax.random.key(1), (2, 40), 0, config.vocab_size)
     full, _ = model(tokens)
-    cache = init_cache(config, batch=2, length=64)
+    cache = init_cache(config, batch=2, length=64, ring=ring)
     parts = []
     logits, cache = model(tokens[:, :17], cache=cache, start=0)  # prefill
     parts.append(logits)
@@ -53,7 +55,61 @@ def test_kv_cache_path_equals_full_forward(config):
         logits, cache = model(tokens[:, t:t + 1], cache=cache, start=t)
         parts.append(logits)
     np.testing.assert_allclose(jnp.concatenate(parts, axis=1), full, atol=1e-4, rtol=0)
-    assert cache[0][0].shape == (2, config.num_kv_heads, 64, config.head_dim)  # [B, kv_heads, S, head_dim]
+    want = [64 if config.is_global(i) or not ring else config.window for i in range(config.num_layers)]
+    assert [k.shape for k, _ in cache] == [(2, config.num_kv_heads, n, config.head_dim) for n in want]  # [B, K, S, H]
+    assert cache_lengths(config, 64, ring=ring) == want
+
+
+def test_ring_positions_and_write_exact():
+    assert ring_positions(jnp.int32(10), 4).tolist() == [8, 9, 6, 7]
+    assert ring_positions(jnp.int32(2), 4).tolist() == [0, 1, -2, -1]
+    assert ring_positions(jnp.int32(0), 3).tolist() == [-3, -2, -1]
+    cache = jnp.arange(4, dtype=jnp.float32).reshape(1, 1, 4, 1)  # slots hold 0, 1, 2, 3
+    new = jnp.array([10.0, 11.0, 12.0, 13.0, 14.0, 15.0]).reshape(1, 1, 6, 1)  # positions 5..10
+    keep = jnp.array([True, True, True, True, True, False])  # the last one is padding
+    # positions 6..9 (the last 4 real ones) land in slots 2, 3, 0, 1
+    out = ring_write(cache, new, jnp.int32(5), keep & (jnp.arange(6) >= 5 - 4))
+    assert out[0, 0, :, 0].tolist() == [13.0, 14.0, 11.0, 12.0]
+    nothing = ring_write(cache, new, jnp.int32(5), jnp.zeros(6, bool))
+    assert nothing[0, 0, :, 0].tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_ring_cache_with_padded_chunks_equals_full_forward():
+    """Chunks of 6 holding 4 real tokens then padding (LiteRT-LM's position-0 convention), past
+    many wraps of the 8-slot ring: the real positions' logits are those of the full forward."""
+    model = Transformer(TINY, rngs=nnx.Rngs(0))
+    tokens = jax.random.randint(jax.random.key(2), (1, 40), 0, TINY.vocab_size)
+    full, _ = model(tokens)
+    cache = init_cache(TINY, length=64)
+    step = jax.jit(lambda chunk, cache, start: model(chunk, cache=cache, start=start, length=4))
+    parts = []
+    for start in range(0, 40, 4):
+        chunk = jnp.concatenate([tokens[:, start:start + 4], jnp.zeros((1, 2), tokens.dtype)], axis=1)  # (1, 6)
+        logits, cache = step(chunk, cache, jnp.int32(start))
+        parts.append(logits[:, :4])
+    np.testing.assert_allclose(jnp.concatenate(parts, axis=1), full, atol=1e-4, rtol=0)
+
+
+def test_ring_cache_picks_the_full_cache_tokens_to_8k_positions():
+    """8,192 positions fed as chunks of 61 tokens then one (so the 8-slot ring wraps at every
+    offset): the greedy token at every position is the one the full 8,192-position cache picks."""
+    config = dataclasses.replace(TINY, max_seq_len=8192)
+    model = Transformer(config, rngs=nnx.Rngs(3))
+    tokens = jax.random.randint(jax.random.key(4), (1, 8192), 0, config.vocab_size)
+    step = jax.jit(lambda chunk, cache, start: model(chunk, cache=cache, start=start))
+
+    def greedy(cache) -> np.ndarray:
+        picks, start = [], 0
+        while start < 8192:
+            n = min(61 if len(picks) % 2 == 0 else 1, 8192 - start)
+            logits, cache = step(tokens[:, start:start + n], cache, jnp.int32(start))
+            picks.append(np.asarray(jnp.argmax(logits[0], axis=-1)))
+            start += n
+        return np.concatenate(picks)
+
+    ring, full = greedy(init_cache(config, length=8192)), greedy(init_cache(config, length=8192, ring=False))
+    assert len(ring) == 8192 and len(set(full[-512:].tolist())) > 10  # real choices, not one token
+    np.testing.assert_array_equal(ring, full)
 
 
 def test_sliding_window_limits_what_a_local_layer_sees():

@@ -27,7 +27,7 @@ FIX = "export it with export_tflite or `nano export`"
 @dataclasses.dataclass(frozen=True)
 class Layout:
     """What the benchmark needs to know of an exported model, read from its signatures."""
-    seq_len: int  # KV-cache positions (dim 2 of [1, K, S, H])
+    seq_len: int  # context: the longest KV cache (dim 2 of [1, K, S, H]; rings of local layers are shorter)
     prefill_len: int  # tokens per prefill call
     layers: int
     kv_heads: int
@@ -76,10 +76,12 @@ def read_layout(path: str | Path) -> Layout:
         if need or "logits" not in outs or any(outs.get(n) != ins[n] for n in kv):
             raise NanoError(f"{path}: signature {s!r} lacks tokens/input_pos/kv_cache_{{k,v}}_i inputs, logits "
                             f"or matching kv_cache outputs; {FIX}")
-        if any(len(ins[n]) != 4 or ins[n] != ins["kv_cache_k_0"] for n in kv):
+        first = ins["kv_cache_k_0"]
+        if any(len(ins[n]) != 4 or (ins[n][:2], ins[n][3:]) != (first[:2], first[3:]) for n in kv):
             raise NanoError(f"{path}: signature {s!r} has KV caches of different or non-[1, K, S, H] shapes; {FIX}")
     (ins, outs), (dins, _) = io["prefill"], io["decode"]
-    _, K, S, H = ins["kv_cache_k_0"]
+    _, K, _, H = ins["kv_cache_k_0"]
+    S = max(shape[2] for n, shape in ins.items() if n.startswith("kv_cache_"))  # local layers may hold a ring
     if dins["tokens"] != (1, 1) or dins["kv_cache_k_0"] != ins["kv_cache_k_0"]:
         raise NanoError(f"{path}: decode must take one token and the prefill's KV caches; {FIX}")
     layers = sum(1 for n in ins if n.startswith("kv_cache_k_"))
@@ -101,25 +103,33 @@ class CompiledLM(ChunkedLM):
         self.model = CompiledModel.from_file(str(path), options=Options(cpu_options=cpu))
         names = self.model.get_signature_list()["decode"]["inputs"]
         self.kv = {n: self.model.create_input_buffer_by_name("decode", n) for n in names if n.startswith("kv_cache_")}
+        # A ring cache (a local layer's, shorter than the context) is read whole before the chunk
+        # is written into it, so its output must not alias its input: it gets a second buffer,
+        # swapped with the first after each call. Full caches are updated in place.
+        self._spare = {n: self.model.create_input_buffer_by_name("decode", n) for n in self.kv
+                       if self.kv[n].get_tensor_details()["shape"][2] < self.seq_len}
         self.io = {s: ({n: self.model.create_input_buffer_by_name(s, n) for n in ("tokens", "input_pos")},
                        {"logits": self.model.create_output_buffer_by_name(s, "logits")}) for s in SIGNATURES}
-        self._zeros = np.zeros(self.kv["kv_cache_k_0"].get_tensor_details()["shape"], np.float32)
+        self._zeros = {n: np.zeros(b.get_tensor_details()["shape"], np.float32) for n, b in self.kv.items()}
         self.reset()
 
     def reset(self) -> None:
-        for buf in self.kv.values():
-            buf.write(self._zeros)
+        for name, buf in self.kv.items():
+            buf.write(self._zeros[name])
         self.pos = 0
 
     def close(self) -> None:
-        self.kv, self.io = {}, {}
+        self.kv, self._spare, self.io = {}, {}, {}
         self.model.close()
 
     def _run(self, sig: str, tokens: np.ndarray, pos: np.ndarray) -> np.ndarray:
         ins, outs = self.io[sig]
         ins["tokens"].write(tokens)
         ins["input_pos"].write(pos)
-        self.model.run_by_name(sig, {**ins, **self.kv}, {**outs, **self.kv})  # same KV buffers both ways
+        written = {**self.kv, **self._spare}
+        self.model.run_by_name(sig, {**ins, **self.kv}, {**outs, **written})
+        for n in self._spare:
+            self.kv[n], self._spare[n] = self._spare[n], self.kv[n]
         return outs["logits"].read(self.layout.vocab, np.float32)
 
 
