@@ -8,7 +8,7 @@ quantized size (nano1 at int4 fits a 24 GiB machine)."""
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,18 +89,19 @@ def load_for_export(ckpt: str | Path) -> tuple[dict[str, np.ndarray], dict[str, 
 
 
 def export_checkpoint(ckpt: str | Path, out: str | Path, *, seq_len: int | None = None,
-                      prefill_len: int | None = None, litertlm: bool = False,
+                      prefill_lens: Sequence[int] | None = None, litertlm: bool = False,
                       max_tokens: int | None = None, progress: Progress | None = None) -> dict[str, Any]:
-    """Write `out` (.tflite) from checkpoint `ckpt`; with `litertlm`, also `out` with suffix
-    .litertlm (the .tflite, the checkpoint's tokenizer.model, BOS as start token, the tokenizer's
-    stop ids, `max_tokens` (default seq_len) as the context limit). Returns a summary."""
+    """Write `out` (.tflite, a prefill signature per length in `prefill_lens`) from checkpoint
+    `ckpt`; with `litertlm`, also `out` with suffix .litertlm (the .tflite, the checkpoint's
+    tokenizer.model, BOS as start token, the tokenizer's stop ids, `max_tokens` (default seq_len)
+    as the context limit). Returns a summary."""
     start = time.perf_counter()
     ckpt, out = Path(ckpt), Path(out)
     report = progress or (lambda *a: None)
     if out.suffix != ".tflite":
         raise NanoError(f"--out {out}: must end in .tflite (the .litertlm bundle goes beside it)")
     config = load_config(ckpt)
-    S, T = default_lengths(config, seq_len, prefill_len)
+    S, lens = default_lengths(config, seq_len, prefill_lens)
     max_tokens = S if max_tokens is None else max_tokens
     if not 1 <= max_tokens <= S:
         raise NanoError(f"max_tokens {max_tokens} must be in [1, seq_len={S}] (the KV cache holds seq_len "
@@ -112,7 +113,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, *, seq_len: int | None 
     floats, qtensors = load_for_export(ckpt)
     report("convert to .tflite", 1, stages)
     try:
-        export_params(config, out, floats=floats, qtensors=qtensors, seq_len=S, prefill_len=T,
+        export_params(config, out, floats=floats, qtensors=qtensors, seq_len=S, prefill_lens=lens,
                       source=str(ckpt))
     except ConverterError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -120,7 +121,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, *, seq_len: int | None 
                         "its config uses an op LiteRT's builtins lack, export a supported preset") from None
     summary: dict[str, Any] = {
         "checkpoint": str(ckpt), "model": config.name, "tflite": str(out), "tflite_bytes": out.stat().st_size,
-        "seq_len": S, "prefill_len": T, "quantized_tensors": len(qtensors),
+        "seq_len": S, "prefill_lens": list(lens), "quantized_tensors": len(qtensors),
         "litertlm": None, "litertlm_bytes": None, "max_tokens": max_tokens}
     if litertlm:
         report("bundle .litertlm", 2, stages)

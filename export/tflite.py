@@ -1,4 +1,4 @@
-"""`export_tflite`: a Nano Transformer -> one .tflite with `prefill` and `decode` signatures for
+"""`export_tflite`: a Nano Transformer -> one .tflite with `prefill_<T>` and `decode` signatures for
 LiteRT / LiteRT-LM, float32 or with Nano's own int4/int8 weights in the file (see export.graph for
 the signature layout and export.flatbuffer for the weight format).
 
@@ -7,7 +7,7 @@ written into the file as it is given: memory is the conversion's (~0.9 GiB for n
 its weights) plus the weights as given and at most one stored copy of them; a quantized weight is
 never made float (converting the float model took ~10x its float32 size)."""
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,20 +25,40 @@ from nano.qtensor import QTensor, qrange
 # KV-cache length when the model allows it: every layer attends over all S positions (masked),
 # and nano1's float32 caches at 1024 take 21 x 2 x 1024 x 256 x 4 B = 44 MB.
 DEFAULT_SEQ_LEN = 1024
-DEFAULT_PREFILL_LEN = 128  # prefill chunk; LiteRT-LM pads shorter prompts and splits longer ones
+# One prefill signature per length (those above seq_len become seq_len), all on the same weights;
+# the runtime picks them per prompt (export.runtime.plan_prefill), so a 512-token prompt is one
+# call and a 20-token one pays for 24 positions, not 128. Each adds ~1-2 s to the conversion.
+DEFAULT_PREFILL_LENS = (8, 64, 128, 512)
+
+
+def parse_prefill_lens(text: str) -> tuple[int, ...]:
+    """``"8,64,128"`` -> (8, 64, 128); anything else is a one-line NanoError."""
+    try:
+        return tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise NanoError(f"--prefill-lens {text!r}: give integers like 8,64,128") from None
 
 
 def default_lengths(config: ModelConfig, seq_len: int | None = None,
-                    prefill_len: int | None = None) -> tuple[int, int]:
-    """(seq_len, prefill_len), validated; defaults min(max_seq_len, 1024) and min(128, seq_len)."""
+                    prefill_lens: Sequence[int] | None = None) -> tuple[int, tuple[int, ...]]:
+    """(seq_len, sorted prefill lengths), validated; defaults min(max_seq_len, 1024) and
+    DEFAULT_PREFILL_LENS capped at seq_len."""
     S = min(config.max_seq_len, DEFAULT_SEQ_LEN) if seq_len is None else seq_len
-    T = min(DEFAULT_PREFILL_LEN, S) if prefill_len is None else prefill_len
     if not 1 <= S <= config.max_seq_len:
         raise NanoError(f"seq_len {S} must be in [1, {config.max_seq_len}] (the model's max_seq_len); "
                         "pass a smaller --seq-len")
-    if not 1 <= T <= S:
-        raise NanoError(f"prefill_len {T} must be in [1, seq_len={S}]; pass a smaller --prefill-len")
-    return S, T
+    if prefill_lens is None:
+        return S, tuple(sorted({min(T, S) for T in DEFAULT_PREFILL_LENS}))
+    lens = [int(T) for T in prefill_lens]
+    if not lens:
+        raise NanoError("prefill_lens is empty; give one or more lengths, e.g. --prefill-lens 8,64,128")
+    bad = [T for T in lens if not 1 <= T <= S]
+    if bad:
+        raise NanoError(f"prefill length {bad[0]} must be in [1, seq_len={S}]; pass smaller --prefill-lens")
+    twice = sorted({T for T in lens if lens.count(T) > 1})
+    if twice:
+        raise NanoError(f"prefill length {twice[0]} is given twice; pass distinct --prefill-lens")
+    return S, tuple(sorted(lens))
 
 
 def check_qtensors(shapes: Mapping[str, tuple[int, ...]], qtensors: Mapping[str, QTensor]) -> None:
@@ -99,15 +119,15 @@ def check_params(config: ModelConfig, floats: Mapping[str, np.ndarray], qtensors
 
 def export_params(config: ModelConfig, out: str | Path, *, floats: Mapping[str, np.ndarray],
                   qtensors: Mapping[str, QTensor], seq_len: int | None = None,
-                  prefill_len: int | None = None, source: str | None = None) -> Path:
+                  prefill_lens: Sequence[int] | None = None, source: str | None = None) -> Path:
     """Write `out` (.tflite) from the model's parameters: `qtensors` (Nano names -> QTensors of
     the (in, out) kernel, of embed.T for the embedding) stored as INT4/INT8, every other
     parameter from `floats` (model layout) as float32; `source` (a checkpoint) starts error
     messages. No float copy of a quantized weight is ever made."""
-    S, T = default_lengths(config, seq_len, prefill_len)
+    S, lens = default_lengths(config, seq_len, prefill_lens)
     check_params(config, floats, qtensors, source=source)
     gains = {k: v for k, v in floats.items() if not is_matrix(k)}
-    tfl = flatbuffer.load(convert(config, gains, seq_len=S, prefill_len=T))
+    tfl = flatbuffer.load(convert(config, gains, seq_len=S, prefill_lens=lens))
     weights: dict[str, flatbuffer.Weight] = dict(qtensors)
     for name, w in floats.items():
         if is_matrix(name):  # kernels as (out, in) views: the writer copies one tensor at a time
@@ -119,7 +139,7 @@ def export_params(config: ModelConfig, out: str | Path, *, floats: Mapping[str, 
 
 
 def export_tflite(model: Transformer, out: str | Path, *, seq_len: int | None = None,
-                  prefill_len: int | None = None,
+                  prefill_lens: Sequence[int] | None = None,
                   qtensors: Mapping[str, QTensor] | None = None) -> Path:
     """Write `out` (.tflite): float32, or with the weights in `qtensors` as INT4/INT8 tensors.
 
@@ -131,7 +151,7 @@ def export_tflite(model: Transformer, out: str | Path, *, seq_len: int | None = 
     qtensors = dict(qtensors or {})
     floats = {k: v for k, v in flat_params(model).items() if k not in qtensors}
     return export_params(model.config, out, floats=floats, qtensors=qtensors, seq_len=seq_len,
-                         prefill_len=prefill_len)
+                         prefill_lens=prefill_lens)
 
 
 def read_qtensors(path: str | Path) -> dict[str, QTensor]:
