@@ -26,9 +26,12 @@ from nano.qtensor import QTensor, qrange
 # and nano1's float32 caches at 1024 take 21 x 2 x 1024 x 256 x 4 B = 44 MB.
 DEFAULT_SEQ_LEN = 1024
 # One prefill signature per length (those above seq_len become seq_len), all on the same weights;
-# the runtime picks them per prompt (export.runtime.plan_prefill), so a 512-token prompt is one
-# call and a 20-token one pays for 24 positions, not 128. Each adds ~1-2 s to the conversion.
-DEFAULT_PREFILL_LENS = (8, 64, 128, 512)
+# the runtime picks them per prompt (export.runtime.plan_prefill), so a 20-token prompt pays for
+# 24 positions, not 128. No 512: on the 2-core Xeon (AVX2) one 512 chunk of student_20m took 5-8%
+# longer than four of 128 (and 64 MiB more activations); add it with --prefill-lens where it pays.
+# Each signature adds ~1-3 s to the conversion and the quantization parameters of its tensors
+# (3 MiB for student_20m's per-channel int8 embedding).
+DEFAULT_PREFILL_LENS = (8, 64, 128)
 
 
 def parse_prefill_lens(text: str) -> tuple[int, ...]:

@@ -310,7 +310,7 @@ def export_cmd(
     out: Annotated[Path, typer.Option(help="Output .tflite (the .litertlm goes beside it), or .gguf for llama.cpp (a quantized checkpoint's codes as Q4_0/Q8_0, bit for bit).")],
     litertlm: Annotated[bool, typer.Option("--litertlm", help="Also bundle the .tflite, tokenizer and metadata into a .litertlm for LiteRT-LM.")] = False,
     seq_len: Annotated[Optional[int], typer.Option(help="KV-cache length (default min(max_seq_len, 1024)).")] = None,
-    prefill_lens: Annotated[Optional[str], typer.Option(help="Prefill signature lengths, e.g. 8,64,128,512 (the default, capped at seq_len); the runtime picks them per prompt.")] = None,
+    prefill_lens: Annotated[Optional[str], typer.Option(help="Prefill signature lengths, e.g. 8,64,128 (the default, capped at seq_len); the runtime picks them per prompt.")] = None,
     max_tokens: Annotated[Optional[int], typer.Option(help="LiteRT-LM max tokens (default seq_len).")] = None,
 ) -> None:
     """Export to LiteRT: one .tflite with `prefill_<T>` and `decode` signatures (our int4 codes inside);

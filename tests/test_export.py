@@ -215,9 +215,9 @@ def test_prefill_lens_parsing_and_defaults():
     for text in ("8,x", "8.5", "64;128"):
         with pytest.raises(NanoError, match=r"--prefill-lens .*: give integers like 8,64,128"):
             parse_prefill_lens(text)
-    assert default_lengths(TINY) == (64, (8, 64))  # 128 and 512 capped at seq_len 64
+    assert default_lengths(TINY) == (64, (8, 64))  # 128 capped at seq_len 64
     assert default_lengths(TINY, 16, (16, 4)) == (16, (4, 16))
-    assert default_lengths(dataclasses.replace(TINY, max_seq_len=4096)) == (1024, (8, 64, 128, 512))
+    assert default_lengths(dataclasses.replace(TINY, max_seq_len=4096)) == (1024, (8, 64, 128))
 
 
 def test_a_tflite_without_prefill_and_decode_signatures_is_refused(tmp_path):
