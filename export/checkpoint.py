@@ -9,7 +9,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,20 +90,20 @@ def load_for_export(ckpt: str | Path) -> tuple[dict[str, np.ndarray], dict[str, 
 
 
 def export_checkpoint(ckpt: str | Path, out: str | Path, *, seq_len: int | None = None,
-                      prefill_len: int | None = None, litertlm: bool = False, ring: bool = False,
+                      prefill_lens: Sequence[int] | None = None, litertlm: bool = False, ring: bool = False,
                       max_tokens: int | None = None, progress: Progress | None = None) -> dict[str, Any]:
-    """Write `out` (.tflite) from checkpoint `ckpt`; with `litertlm`, also `out` with suffix
-    .litertlm (the .tflite, the checkpoint's tokenizer.model, BOS as start token, the tokenizer's
-    stop ids, `max_tokens` (default seq_len) as the context limit). `ring`: the .tflite's local
-    layers keep rings of `window` cache positions; the bundle keeps full caches, which LiteRT-LM
-    needs. Returns a summary."""
+    """Write `out` (.tflite, a prefill signature per length in `prefill_lens`) from checkpoint
+    `ckpt`; with `litertlm`, also `out` with suffix .litertlm (the .tflite, the checkpoint's
+    tokenizer.model, BOS as start token, the tokenizer's stop ids, `max_tokens` (default seq_len)
+    as the context limit). `ring`: the .tflite's local layers keep rings of `window` cache
+    positions; the bundle keeps full caches, which LiteRT-LM needs. Returns a summary."""
     start = time.perf_counter()
     ckpt, out = Path(ckpt), Path(out)
     report = progress or (lambda *a: None)
     if out.suffix != ".tflite":
         raise NanoError(f"--out {out}: must end in .tflite (the .litertlm bundle goes beside it)")
     config = load_config(ckpt)
-    S, T = default_lengths(config, seq_len, prefill_len)
+    S, lens = default_lengths(config, seq_len, prefill_lens)
     max_tokens = S if max_tokens is None else max_tokens
     if not 1 <= max_tokens <= S:
         raise NanoError(f"max_tokens {max_tokens} must be in [1, seq_len={S}] (the KV cache holds seq_len "
@@ -115,7 +115,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, *, seq_len: int | None 
     floats, qtensors = load_for_export(ckpt)
     report("convert to .tflite", 1, stages)
     try:
-        export_params(config, out, floats=floats, qtensors=qtensors, seq_len=S, prefill_len=T,
+        export_params(config, out, floats=floats, qtensors=qtensors, seq_len=S, prefill_lens=lens,
                       source=str(ckpt), ring=ring)
     except ConverterError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -123,7 +123,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, *, seq_len: int | None 
                         "its config uses an op LiteRT's builtins lack, export a supported preset") from None
     summary: dict[str, Any] = {
         "checkpoint": str(ckpt), "model": config.name, "tflite": str(out), "tflite_bytes": out.stat().st_size,
-        "seq_len": S, "prefill_len": T, "ring_kv": ring, "quantized_tensors": len(qtensors),
+        "seq_len": S, "prefill_lens": list(lens), "ring_kv": ring, "quantized_tensors": len(qtensors),
         "litertlm": None, "litertlm_bytes": None, "max_tokens": max_tokens}
     if litertlm:
         report("bundle .litertlm", 2, stages)
@@ -133,7 +133,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, *, seq_len: int | None 
             model = out
             if ring:  # LiteRT-LM takes its context length from layer 0's cache: it needs full caches
                 model = export_params(config, Path(tmp) / out.name, floats=floats, qtensors=qtensors, seq_len=S,
-                                      prefill_len=T, source=str(ckpt))
+                                      prefill_lens=lens, source=str(ckpt))
             write_litertlm(bundle, tflite=model, tokenizer=ckpt / TOKENIZER, metadata=meta, name=config.name)
         summary.update(litertlm=str(bundle), litertlm_bytes=bundle.stat().st_size)
     report("done", stages, stages)

@@ -1,7 +1,7 @@
 """Edits of a converted .tflite that the TFLite converter cannot make itself.
 
-- The weight inputs that `export.graph` adds to both signatures become constants holding the real
-  weights, one buffer per weight shared by `prefill` and `decode`, named as the Nano parameter
+- The weight inputs that `export.graph` adds to every signature become constants holding the real
+  weights, one buffer per weight shared by all prefill_<T> and decode, named as the Nano parameter
   (`layers.0.attn.q.kernel`): float32, or Nano's own int4/int8 codes and scales -- INT4 (two codes
   a byte, `nano.qtensor`'s layout) or INT8 tensors of the (out, in) weight, per-channel scales
   on dimension 0 or blockwise float16 scales (out, in // group), the layout ai-edge-quantizer

@@ -1,4 +1,4 @@
-"""A Nano model's graph as float32 TFLite bytes with LiteRT-LM's `prefill` and `decode`
+"""A Nano model's graph as float32 TFLite bytes with LiteRT-LM's `prefill_<T>` and `decode`
 signatures, converted *without* its large weights.
 
 Every kernel and the embedding are extra signature inputs, (out, in) like a FULLY_CONNECTED
@@ -21,15 +21,17 @@ Signatures (one shared set of weights once `export.flatbuffer` has bound them):
            position % S_i, read whole before the chunk is written, so a runner must give a ring
            cache's output its own buffer, not the input's; full caches may be updated in place)
   outputs  logits float32 [1, 1, V], kv_cache_{k,v}_i (the caches with [pos, pos+T) written)
-`prefill` has T = prefill_len, `decode` T = 1. The chunk is written at input_pos[0]; LiteRT-LM
-zero-pads a short prompt's tokens and positions, so prefill's logits are those of the last real
-token, at argmax(input_pos) (LiteRT-LM itself holds the last prompt token back for decode and
-never reads them). The chunk must fit: input_pos[0] + T <= S.
+`prefill_<T>` has T tokens, one signature per prefill length, named as LiteRT-LM's converters
+name theirs (prefill_8 ... prefill_1024; LiteRT-LM runs every signature whose key starts with
+`prefill`, keyed by input_pos's length, and picks them per prompt: export.runtime.plan_prefill);
+`decode` has T = 1. The chunk is written at input_pos[0]; LiteRT-LM zero-pads a short chunk's
+tokens and positions, so prefill's logits are those of the last real token, at argmax(input_pos)
+(LiteRT-LM itself holds the last prompt token back for decode and never reads them). The chunk must fit: input_pos[0] + T <= S.
 """
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -121,17 +123,24 @@ class _Graph(tf.Module):
         return tf.function(fn, input_signature=specs, autograph=False).get_concrete_function()
 
 
-def convert(config: ModelConfig, gains: Mapping[str, np.ndarray], *, seq_len: int, prefill_len: int,
-            ring: bool = False) -> bytes:
+def prefill_signature(T: int) -> str:
+    """The key of the prefill signature of T tokens, as LiteRT-LM's converters name it."""
+    return f"prefill_{T}"
+
+
+def convert(config: ModelConfig, gains: Mapping[str, np.ndarray], *, seq_len: int,
+            prefill_lens: Sequence[int], ring: bool = False) -> bytes:
     """TFLite flatbuffer (builtin ops only) of the model with `gains` (its norm gains, float32,
-    named as in Nano) as constants and every weight as a signature input (see the module doc).
-    `ring`: local layers keep a ring of `window` cache positions (`nano.model.cache_lengths`)."""
+    named as in Nano) as constants, every weight as a signature input (see the module doc), and a
+    `prefill_<T>` signature for each T in `prefill_lens`. `ring`: local layers keep a ring of
+    `window` cache positions (`nano.model.cache_lengths`)."""
     graph = _Graph(config, gains, ring=ring)
     absl = logging.getLogger("absl")
     level = absl.level
     absl.setLevel(logging.ERROR)  # tf.function warns once per dotted weight name ("Sanitizing ...")
     try:
-        functions = [graph.signature("prefill", prefill_len, seq_len), graph.signature("decode", 1, seq_len)]
+        functions = [graph.signature(prefill_signature(T), T, seq_len) for T in sorted(prefill_lens)]
+        functions.append(graph.signature("decode", 1, seq_len))
         converter = tf.lite.TFLiteConverter.from_concrete_functions(functions, graph)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         return converter.convert()

@@ -1,8 +1,8 @@
-"""Run exported models: a .tflite's prefill/decode signatures the way LiteRT-LM drives them
+"""Run exported models: a .tflite's prefill_<T>/decode signatures the way LiteRT-LM drives them
 (`ChunkedLM`, on the Python Interpreter in `LiteRTModel`), and a .litertlm bundle in LiteRT-LM
 itself (`litertlm_generate`)."""
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +11,34 @@ from ai_edge_litert.interpreter import Interpreter
 from nano.errors import NanoError
 
 
+PREFILL = "prefill"  # LiteRT-LM runs every signature whose key starts with this (prefill_128, ...)
+
+
+def plan_prefill(lens: Iterable[int], n: int, room: int) -> list[tuple[int, int]]:
+    """The prefill calls for `n` prompt tokens with `room` cache positions left, as LiteRT-LM's CPU
+    executor chooses them (GetOptimizedPrefillWorkGroups, greedy chunking): from the longest
+    signature that fits the room down, as many full chunks of each length as fit, then the
+    remainder zero-padded in the shortest one. [(signature length T, real tokens k <= T)]; a
+    tail it leaves (at most T_min - 1 tokens, only near the end of the cache) runs through decode."""
+    plan = []
+    usable = sorted((T for T in set(lens) if T <= room), reverse=True)
+    for T in usable:
+        full = min(n // T, room // T)
+        plan += [(T, T)] * full
+        n, room = n - full * T, room - full * T
+        if n and T == usable[-1] and T <= room:
+            plan.append((T, n))
+            n = 0
+    return plan
+
+
 class ChunkedLM:
     """prefill/decode as LiteRT-LM drives the exported signatures, over `_run(signature, tokens,
-    input_pos) -> logits (V,)` that a runtime provides: prompt chunks of `prefill_len` while a
-    whole chunk fits the cache (zero-padded tokens and positions), then one token at a time."""
+    input_pos) -> logits (V,)` that a runtime provides: the prompt in chunks chosen by
+    `plan_prefill` from `prefill_sigs` (zero-padded tokens and positions), then one token at a time."""
 
     seq_len: int
-    prefill_len: int
+    prefill_sigs: dict[int, str]  # chunk length T -> signature key
     pos: int
 
     def _run(self, signature: str, tokens: np.ndarray, input_pos: np.ndarray) -> np.ndarray:
@@ -39,18 +60,27 @@ class ChunkedLM:
         if self.pos + len(tokens) > self.seq_len:
             raise NanoError(f"{len(tokens)} tokens at position {self.pos} exceed the context of "
                             f"{self.seq_len}; export with a larger seq_len or shorten the prompt")
-        T, i = self.prefill_len, 0
-        while i < len(tokens) and self.pos + T <= self.seq_len:  # a chunk must fit in the cache
-            chunk = tokens[i:i + T]
-            ids, pos = np.zeros((1, T), np.int32), np.zeros((T,), np.int32)
-            ids[0, :len(chunk)] = chunk
-            pos[:len(chunk)] = np.arange(self.pos, self.pos + len(chunk))
-            logits = self._run("prefill", ids, pos)
-            self.pos += len(chunk)
-            i += len(chunk)
+        i = 0
+        for T, k in plan_prefill(self.prefill_sigs, len(tokens), self.seq_len - self.pos):
+            ids, pos = np.zeros((1, T), np.int32), np.zeros((T,), np.int32)  # (1, T), (T,)
+            ids[0, :k] = tokens[i:i + k]
+            pos[:k] = np.arange(self.pos, self.pos + k)
+            logits = self._run(self.prefill_sigs[T], ids, pos)
+            self.pos += k
+            i += k
         for t in tokens[i:]:  # the tail near the end of the cache, one token at a time
             logits = self.decode(t)
         return logits
+
+
+def prefill_signatures(path: str | Path, lengths: Mapping[str, int]) -> dict[int, str]:
+    """{T: key} of the prefill signatures among `lengths` (signature key -> input_pos length), as
+    LiteRT-LM finds them; a file without them or without `decode` is a one-line NanoError."""
+    sigs = {T: key for key, T in sorted(lengths.items()) if key.startswith(PREFILL)}
+    if not sigs or "decode" not in lengths:
+        raise NanoError(f"{path}: no prefill_<T> / decode signatures (has {sorted(lengths) or 'none'}); "
+                        "export it with export_tflite or `nano export`")
+    return dict(sorted(sigs.items()))
 
 
 class LiteRTModel(ChunkedLM):
@@ -60,11 +90,15 @@ class LiteRTModel(ChunkedLM):
         if not Path(path).is_file():
             raise NanoError(f"{path}: no such .tflite file; export one with export_tflite")
         self.interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
-        self._prefill = self.interpreter.get_signature_runner("prefill")
-        self._decode = self.interpreter.get_signature_runner("decode")
-        inputs = self._prefill.get_input_details()
-        self.prefill_len = int(inputs["tokens"]["shape"][1])
-        self._caches = {k: tuple(v["shape"]) for k, v in inputs.items() if k.startswith("kv_cache_")}
+        keys = self.interpreter.get_signature_list()
+        runners = {k: self.interpreter.get_signature_runner(k) for k in keys}
+        inputs = {k: r.get_input_details() for k, r in runners.items()}
+        self.prefill_sigs = prefill_signatures(path, {k: int(ins["input_pos"]["shape"][0]) if "input_pos" in ins
+                                                      else 0 for k, ins in inputs.items()})
+        self._runners = {k: runners[k] for k in (*self.prefill_sigs.values(), "decode")}
+        self._caches = {k: tuple(v["shape"]) for k, v in inputs["decode"].items() if k.startswith("kv_cache_")}
+        if "kv_cache_k_0" not in self._caches:
+            raise NanoError(f"{path}: signature 'decode' has no kv_cache_k_0 input; export it with export_tflite")
         self.seq_len = max(shape[2] for shape in self._caches.values())  # local layers may hold a ring
         self.reset()
 
@@ -73,8 +107,7 @@ class LiteRTModel(ChunkedLM):
         self.pos = 0
 
     def _run(self, signature: str, tokens: np.ndarray, input_pos: np.ndarray) -> np.ndarray:
-        runner = self._prefill if signature == "prefill" else self._decode
-        out = runner(tokens=tokens, input_pos=input_pos, **self.kv)
+        out = self._runners[signature](tokens=tokens, input_pos=input_pos, **self.kv)
         logits = out.pop("logits")
         self.kv = out
         return logits[0, 0]

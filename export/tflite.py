@@ -1,4 +1,4 @@
-"""`export_tflite`: a Nano Transformer -> one .tflite with `prefill` and `decode` signatures for
+"""`export_tflite`: a Nano Transformer -> one .tflite with `prefill_<T>` and `decode` signatures for
 LiteRT / LiteRT-LM, float32 or with Nano's own int4/int8 weights in the file (see export.graph for
 the signature layout and export.flatbuffer for the weight format).
 
@@ -7,7 +7,7 @@ written into the file as it is given: memory is the conversion's (~0.9 GiB for n
 its weights) plus the weights as given and at most one stored copy of them; a quantized weight is
 never made float (converting the float model took ~10x its float32 size)."""
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,20 +25,43 @@ from nano.qtensor import QTensor, qrange
 # KV-cache length when the model allows it: every layer attends over all S positions (masked),
 # and nano1's float32 caches at 1024 take 21 x 2 x 1024 x 256 x 4 B = 44 MB.
 DEFAULT_SEQ_LEN = 1024
-DEFAULT_PREFILL_LEN = 128  # prefill chunk; LiteRT-LM pads shorter prompts and splits longer ones
+# One prefill signature per length (those above seq_len become seq_len), all on the same weights;
+# the runtime picks them per prompt (export.runtime.plan_prefill), so a 20-token prompt pays for
+# 24 positions, not 128. No 512: on the 2-core Xeon (AVX2) one 512 chunk of student_20m took 5-8%
+# longer than four of 128 (and 64 MiB more activations); add it with --prefill-lens where it pays.
+# Each signature adds ~1-3 s to the conversion and the quantization parameters of its tensors
+# (3 MiB for student_20m's per-channel int8 embedding).
+DEFAULT_PREFILL_LENS = (8, 64, 128)
+
+
+def parse_prefill_lens(text: str) -> tuple[int, ...]:
+    """``"8,64,128"`` -> (8, 64, 128); anything else is a one-line NanoError."""
+    try:
+        return tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise NanoError(f"--prefill-lens {text!r}: give integers like 8,64,128") from None
 
 
 def default_lengths(config: ModelConfig, seq_len: int | None = None,
-                    prefill_len: int | None = None) -> tuple[int, int]:
-    """(seq_len, prefill_len), validated; defaults min(max_seq_len, 1024) and min(128, seq_len)."""
+                    prefill_lens: Sequence[int] | None = None) -> tuple[int, tuple[int, ...]]:
+    """(seq_len, sorted prefill lengths), validated; defaults min(max_seq_len, 1024) and
+    DEFAULT_PREFILL_LENS capped at seq_len."""
     S = min(config.max_seq_len, DEFAULT_SEQ_LEN) if seq_len is None else seq_len
-    T = min(DEFAULT_PREFILL_LEN, S) if prefill_len is None else prefill_len
     if not 1 <= S <= config.max_seq_len:
         raise NanoError(f"seq_len {S} must be in [1, {config.max_seq_len}] (the model's max_seq_len); "
                         "pass a smaller --seq-len")
-    if not 1 <= T <= S:
-        raise NanoError(f"prefill_len {T} must be in [1, seq_len={S}]; pass a smaller --prefill-len")
-    return S, T
+    if prefill_lens is None:
+        return S, tuple(sorted({min(T, S) for T in DEFAULT_PREFILL_LENS}))
+    lens = [int(T) for T in prefill_lens]
+    if not lens:
+        raise NanoError("prefill_lens is empty; give one or more lengths, e.g. --prefill-lens 8,64,128")
+    bad = [T for T in lens if not 1 <= T <= S]
+    if bad:
+        raise NanoError(f"prefill length {bad[0]} must be in [1, seq_len={S}]; pass smaller --prefill-lens")
+    twice = sorted({T for T in lens if lens.count(T) > 1})
+    if twice:
+        raise NanoError(f"prefill length {twice[0]} is given twice; pass distinct --prefill-lens")
+    return S, tuple(sorted(lens))
 
 
 def check_qtensors(shapes: Mapping[str, tuple[int, ...]], qtensors: Mapping[str, QTensor]) -> None:
@@ -99,16 +122,16 @@ def check_params(config: ModelConfig, floats: Mapping[str, np.ndarray], qtensors
 
 def export_params(config: ModelConfig, out: str | Path, *, floats: Mapping[str, np.ndarray],
                   qtensors: Mapping[str, QTensor], seq_len: int | None = None,
-                  prefill_len: int | None = None, source: str | None = None, ring: bool = False) -> Path:
+                  prefill_lens: Sequence[int] | None = None, source: str | None = None, ring: bool = False) -> Path:
     """Write `out` (.tflite) from the model's parameters: `qtensors` (Nano names -> QTensors of
     the (in, out) kernel, of embed.T for the embedding) stored as INT4/INT8, every other
     parameter from `floats` (model layout) as float32; `source` (a checkpoint) starts error
     messages. `ring`: local layers' KV caches are rings of `window` positions (CompiledModel
     runs it; LiteRT-LM needs one cache length). No float copy of a quantized weight is made."""
-    S, T = default_lengths(config, seq_len, prefill_len)
+    S, lens = default_lengths(config, seq_len, prefill_lens)
     check_params(config, floats, qtensors, source=source)
     gains = {k: v for k, v in floats.items() if not is_matrix(k)}
-    tfl = flatbuffer.load(convert(config, gains, seq_len=S, prefill_len=T, ring=ring))
+    tfl = flatbuffer.load(convert(config, gains, seq_len=S, prefill_lens=lens, ring=ring))
     weights: dict[str, flatbuffer.Weight] = dict(qtensors)
     for name, w in floats.items():
         if is_matrix(name):  # kernels as (out, in) views: the writer copies one tensor at a time
@@ -120,7 +143,7 @@ def export_params(config: ModelConfig, out: str | Path, *, floats: Mapping[str, 
 
 
 def export_tflite(model: Transformer, out: str | Path, *, seq_len: int | None = None,
-                  prefill_len: int | None = None,
+                  prefill_lens: Sequence[int] | None = None,
                   qtensors: Mapping[str, QTensor] | None = None, ring: bool = False) -> Path:
     """Write `out` (.tflite): float32, or with the weights in `qtensors` as INT4/INT8 tensors.
 
@@ -132,7 +155,7 @@ def export_tflite(model: Transformer, out: str | Path, *, seq_len: int | None = 
     qtensors = dict(qtensors or {})
     floats = {k: v for k, v in flat_params(model).items() if k not in qtensors}
     return export_params(model.config, out, floats=floats, qtensors=qtensors, seq_len=seq_len,
-                         prefill_len=prefill_len, ring=ring)
+                         prefill_lens=prefill_lens, ring=ring)
 
 
 def read_qtensors(path: str | Path) -> dict[str, QTensor]:

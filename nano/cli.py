@@ -310,11 +310,11 @@ def export_cmd(
     out: Annotated[Path, typer.Option(help="Output .tflite (the .litertlm goes beside it), or .gguf for llama.cpp (a quantized checkpoint's codes as Q4_0/Q8_0, bit for bit).")],
     litertlm: Annotated[bool, typer.Option("--litertlm", help="Also bundle the .tflite, tokenizer and metadata into a .litertlm for LiteRT-LM.")] = False,
     seq_len: Annotated[Optional[int], typer.Option(help="KV-cache length (default min(max_seq_len, 1024)).")] = None,
-    prefill_len: Annotated[Optional[int], typer.Option(help="Tokens per prefill call (default 128).")] = None,
+    prefill_lens: Annotated[Optional[str], typer.Option(help="Prefill signature lengths, e.g. 8,64,128 (the default, capped at seq_len); the runtime picks them per prompt.")] = None,
     max_tokens: Annotated[Optional[int], typer.Option(help="LiteRT-LM max tokens (default seq_len).")] = None,
     ring_kv: Annotated[bool, typer.Option(help="Local (sliding-window) layers keep a ring of `window` KV positions in the .tflite (CompiledModel); the .litertlm keeps full caches, as LiteRT-LM needs.")] = True,
 ) -> None:
-    """Export to LiteRT: one .tflite with `prefill` and `decode` signatures (our int4 codes inside);
+    """Export to LiteRT: one .tflite with `prefill_<T>` and `decode` signatures (our int4 codes inside);
     or, with --out *.gguf, to llama.cpp's format."""
     if out.suffix == ".gguf":
         from export.gguf import export_gguf
@@ -327,14 +327,16 @@ def export_cmd(
         return
     _quiet_tensorflow()
     from export.checkpoint import export_checkpoint
+    from export.tflite import parse_prefill_lens
 
+    lens = None if prefill_lens is None else parse_prefill_lens(prefill_lens)
     with progress_bar() as report:
-        summary = export_checkpoint(_checkpoint(ckpt), out, seq_len=seq_len, prefill_len=prefill_len,
+        summary = export_checkpoint(_checkpoint(ckpt), out, seq_len=seq_len, prefill_lens=lens,
                                     litertlm=litertlm, ring=ring_kv, max_tokens=max_tokens, progress=report)
-    table = Table("file", "size", "seq_len", "prefill_len", "quantized tensors", "seconds")
+    table = Table("file", "size", "seq_len", "prefill lengths", "quantized tensors", "seconds")
     kv = " (ring KV)" if summary["ring_kv"] else ""
     table.add_row(summary["tflite"] + kv, f"{summary['tflite_bytes'] / 2**20:,.1f} MiB", str(summary["seq_len"]),
-                  str(summary["prefill_len"]), str(summary["quantized_tensors"]), f"{summary['seconds']:.1f}")
+                  ",".join(map(str, summary["prefill_lens"])), str(summary["quantized_tensors"]), f"{summary['seconds']:.1f}")
     if summary.get("litertlm"):
         table.add_row(summary["litertlm"], f"{summary['litertlm_bytes'] / 2**20:,.1f} MiB", "", "", "", "")
     console.print(table)

@@ -30,7 +30,7 @@ TINY = get_preset("tiny")  # seq_len 64
 def files(tmp_path_factory, tiny_tokenizer):
     root = tmp_path_factory.mktemp("bench")
     model = Transformer(TINY, rngs=nnx.Rngs(0))
-    tflite = export_tflite(model, root / "tiny.tflite", prefill_len=8)
+    tflite = export_tflite(model, root / "tiny.tflite", prefill_lens=(4, 16))
     tiny_tokenizer.save(root / "tokenizer.model")
     meta = llm_metadata(start_id=tiny_tokenizer.bos_id, stop_ids=tiny_tokenizer.stop_ids(), max_tokens=64)
     bundle = write_litertlm(root / "tiny.litertlm", tflite=tflite, tokenizer=root / "tokenizer.model", metadata=meta)
@@ -42,7 +42,8 @@ def test_run_bench_reports_every_runtime(files):
     r = run_bench(files["tflite"], threads=2, prompt_lens=(8, 20), decode_tokens=6, repeats=1,
                   compare_llamacpp=files["gguf"], bandwidth_mib=16)
     json.dumps(r)  # JSON-ready as is
-    assert r["model"]["seq_len"] == 64 and r["model"]["prefill_len"] == 8 and r["model"]["vocab"] == TINY.vocab_size
+    assert r["model"]["seq_len"] == 64 and r["model"]["vocab"] == TINY.vocab_size
+    assert list(r["model"]["prefill_lens"]) == [4, 16] and list(r["model"]["prefill_sigs"]) == ["prefill_4", "prefill_16"]
     assert r["model"]["litertlm"] == str(files["litertlm"])  # the bundle beside the .tflite is found
     assert r["machine"]["bandwidth_gb_s"] > 0 and r["settings"]["threads"] == 2
     assert set(r["runtimes"]) == {"litert_compiled", "litert_lm", "llama_cpp"}
@@ -72,14 +73,20 @@ def test_run_bench_reports_every_runtime(files):
 
 
 def test_compiled_model_keeps_the_kv_cache_in_place(files):
-    """Same tokens, same logits as the Interpreter's copy-in/copy-out runner: a 2-chunk prompt,
-    then a 60-token prompt whose tail runs token by token, up to the last cache position."""
+    """Same tokens, same logits as the Interpreter's copy-in/copy-out runner over every prefill
+    signature: 11 tokens (prefill_4 x3), 60 (prefill_16 x3, prefill_4 x3), and 50 + 13 (the last
+    token of the 13 through decode, 2 positions before the cache end), then decode to the end."""
     ref, lm = LiteRTModel(files["tflite"]), CompiledLM(files["tflite"], threads=2)
+    assert lm.prefill_sigs == ref.prefill_sigs == {4: "prefill_4", 16: "prefill_16"}
     rng = np.random.default_rng(1)
-    for prompt in (rng.integers(4, TINY.vocab_size, 11).tolist(), rng.integers(4, TINY.vocab_size, 60).tolist()):
+    for lens in ((11,), (60,), (50, 13)):
         ref.reset()
         lm.reset()
-        want, got = [ref.prefill(prompt)], [lm.prefill(prompt)]
+        want, got = [], []
+        for n in lens:
+            prompt = rng.integers(4, TINY.vocab_size, n).tolist()
+            want.append(ref.prefill(prompt))
+            got.append(lm.prefill(prompt))
         while ref.pos < ref.seq_len and len(want) < 13:
             token = int(np.argmax(want[-1]))
             want.append(ref.decode(token))
@@ -94,7 +101,7 @@ def test_compiled_model_runs_the_ring_export_like_the_full_cache(files, tmp_path
     """CompiledModel on the ring export (8-slot local caches) gives the full-cache model's logits
     through a 60-token prompt and decoding to the last position, and its layout says so."""
     model = Transformer(TINY, rngs=nnx.Rngs(0))  # the model of `files`
-    ring = export_tflite(model, tmp_path / "ring.tflite", prefill_len=8, ring=True)
+    ring = export_tflite(model, tmp_path / "ring.tflite", prefill_lens=(4, 16), ring=True)
     layout = read_layout(ring)
     assert layout.seq_len == 64 and layout == read_layout(files["tflite"])
     ref, lm = LiteRTModel(files["tflite"]), CompiledLM(ring, threads=2)
@@ -150,7 +157,7 @@ def test_bad_input_is_refused(files, tmp_path):
     cases = {
         "no such model file": dict(model_path=tmp_path / "missing.tflite"),
         "not a .tflite flatbuffer": dict(model_path=junk),
-        "no prefill / decode signature": dict(model_path=plain),
+        "no prefill_<T> / decode signatures": dict(model_path=plain),
         "expected a .tflite or .litertlm": dict(model_path=files["gguf"]),
         "exceeds the KV cache of 64 positions": dict(model_path=files["tflite"], prompt_lens=(60,), decode_tokens=8),
         "no such GGUF file": dict(model_path=files["tflite"], compare_llamacpp=tmp_path / "missing.gguf"),
@@ -160,7 +167,7 @@ def test_bad_input_is_refused(files, tmp_path):
     for message, kwargs in cases.items():
         with pytest.raises(NanoError, match=message):
             run_bench(**kwargs)
-    with pytest.raises(NanoError, match="no prefill / decode signature"):
+    with pytest.raises(NanoError, match="no prefill_<T> / decode signatures"):
         read_layout(plain)
     bad_gguf = tmp_path / "bad.gguf"  # fails inside llama.cpp's child process: the message comes back
     bad_gguf.write_bytes(b"GGUF" + os.urandom(64))

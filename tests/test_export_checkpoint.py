@@ -36,7 +36,8 @@ def quantized_export(tmp_path_factory, tiny_ckpt):
     root = tmp_path_factory.mktemp("xq")
     ckpt = root / "q"
     quantize_checkpoint(tiny_ckpt, ckpt, recipe=Recipe(default=RTN4))
-    return ckpt, export_checkpoint(ckpt, root / "q.tflite", prefill_len=16, litertlm=True)
+    return ckpt, export_checkpoint(ckpt, root / "q.tflite", prefill_lens=(4, 16),
+                                   litertlm=True)
 
 
 def test_quantized_codes_are_stored_bit_exactly(quantized_export):
@@ -49,7 +50,7 @@ def test_quantized_codes_are_stored_bit_exactly(quantized_export):
         assert (got[name].bits, got[name].group) == (qt.bits, qt.group), name
         np.testing.assert_array_equal(got[name].q, qt.q, err_msg=name)
         np.testing.assert_array_equal(got[name].scale, qt.scale, err_msg=name)
-    assert (summary["seq_len"], summary["prefill_len"], summary["max_tokens"]) == (64, 16, 64)
+    assert (summary["seq_len"], summary["prefill_lens"], summary["max_tokens"]) == (64, [4, 16], 64)
 
 
 def test_quantized_export_runs_as_the_dequantized_model(quantized_export, tiny_ckpt):
@@ -93,7 +94,7 @@ def test_litert_lm_generates_nano_greedy_tokens(tmp_path, tiny_tokenizer, ring):
     params["embed"] *= 0.1
     model = model_from_flat(TINY, params, source="test")
     ckpt = save_checkpoint(tmp_path / "tiny", model, tokenizer=tok)
-    summary = export_checkpoint(ckpt, tmp_path / "m.tflite", prefill_len=8, litertlm=True, ring=ring)
+    summary = export_checkpoint(ckpt, tmp_path / "m.tflite", prefill_lens=(2, 8), litertlm=True, ring=ring)
     # the .tflite keeps rings of `window` positions on local layers when asked; the bundle always
     # full caches (LiteRT-LM reads the context length from layer 0's cache)
     bundled = extract_tflite(summary["litertlm"], tmp_path / "bundled.tflite")
@@ -105,7 +106,7 @@ def test_litert_lm_generates_nano_greedy_tokens(tmp_path, tiny_tokenizer, ring):
     engine = litert_lm.Engine(summary["litertlm"], backend=litert_lm.Backend.CPU(thread_count=2),
                               activation_data_type=litert_lm.ActivationDataType.FLOAT32)
     assert engine.bos_token_id == tok.bos_id and engine.eos_token_ids == [[i] for i in tok.stop_ids()]
-    for text in ("the rat ate", "the held rat number 3 ate the oat 7 at noon."):  # 1 and 4 prefill chunks
+    for text in ("the rat ate", "the held rat number 3 ate the oat 7 at noon."):  # prefill_8 and prefill_2 calls
         ids = tok.encode(text)
         assert engine.tokenize(text) == ids  # the bundled tokenizer segments like Nano's
         want = list(generate(model, [tok.bos_id] + ids, max_new_tokens=16, stop_ids=tok.stop_ids()))
@@ -148,7 +149,7 @@ def test_bad_input_is_refused_before_writing(tmp_path, tiny_ckpt, monkeypatch):
         "8 bits per channel": (int8_grouped, {}),
         "tokenizer.model": (no_tokenizer, {"litertlm": True}),
         "seq_len 65": (tiny_ckpt, {"seq_len": 65}),
-        "prefill_len 65": (tiny_ckpt, {"prefill_len": 65}),
+        "prefill length 65": (tiny_ckpt, {"prefill_lens": (65,)}),
         "max_tokens 65": (tiny_ckpt, {"max_tokens": 65}),
         "must end in .tflite": (tiny_ckpt, {"out": tmp_path / "x.bin"}),
     }

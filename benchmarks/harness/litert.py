@@ -2,7 +2,7 @@
 a .litertlm bundle through LiteRT-LM's own benchmark.
 
 The CompiledModel runner keeps one TensorBuffer per KV-cache tensor and passes it as both input
-and output of `prefill` and `decode`, so the cache is updated in place: the Interpreter's
+and output of every prefill_<T> and `decode`, so the cache is updated in place: the Interpreter's
 signature runner instead copies every cache in and out on each step (2-3 ms/step measured)."""
 
 import dataclasses
@@ -17,10 +17,9 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as fb
 
 from benchmarks.harness.core import prompt_tokens, rss_by_mapping, time_generation
-from export.runtime import ChunkedLM
+from export.runtime import ChunkedLM, prefill_signatures
 from nano.errors import NanoError
 
-SIGNATURES = ("prefill", "decode")
 FIX = "export it with export_tflite or `nano export`"
 
 
@@ -28,7 +27,8 @@ FIX = "export it with export_tflite or `nano export`"
 class Layout:
     """What the benchmark needs to know of an exported model, read from its signatures."""
     seq_len: int  # context: the longest KV cache (dim 2 of [1, K, S, H]; rings of local layers are shorter)
-    prefill_len: int  # tokens per prefill call
+    prefill_lens: tuple[int, ...]  # tokens per call of each prefill signature, ascending
+    prefill_sigs: tuple[str, ...]  # their keys, in the same order
     layers: int
     kv_heads: int
     head_dim: int
@@ -54,7 +54,7 @@ def _tensors(model, sig) -> tuple[dict[str, tuple], dict[str, tuple]]:
 
 
 def read_layout(path: str | Path) -> Layout:
-    """Check that `path` is a Nano prefill/decode .tflite and return its layout; reads only the
+    """Check that `path` is a Nano prefill_<T>/decode .tflite and return its layout; reads only the
     flatbuffer's tables (memory-mapped), never the weights."""
     path = Path(path)
     if not path.is_file():
@@ -63,30 +63,31 @@ def read_layout(path: str | Path) -> Layout:
         if len(buf) < 8 or not fb.Model.ModelBufferHasIdentifier(buf, 0):
             raise NanoError(f"{path}: not a .tflite flatbuffer; {FIX}")
         model = fb.Model.GetRootAs(buf, 0)
-        sigs = {model.SignatureDefs(i).SignatureKey().decode(): model.SignatureDefs(i)
-                for i in range(model.SignatureDefsLength())}
-        missing = [s for s in SIGNATURES if s not in sigs]
-        if missing:
-            raise NanoError(f"{path}: no {' / '.join(missing)} signature (has {sorted(sigs) or 'none'}); "
-                            f"the benchmark needs a prefill/decode LM, {FIX}")
-        io = {s: _tensors(model, sigs[s]) for s in SIGNATURES}
-    for s, (ins, outs) in io.items():
+        io = {(sig := model.SignatureDefs(i)).SignatureKey().decode(): _tensors(model, sig)
+              for i in range(model.SignatureDefsLength())}
+    prefill = prefill_signatures(path, {k: ins.get("input_pos", (0,))[0] for k, (ins, _) in io.items()})
+    for s in (*prefill.values(), "decode"):
+        ins, outs = io[s]
         kv = sorted(n for n in ins if n.startswith("kv_cache_"))
         need = {"tokens", "input_pos", "kv_cache_k_0", "kv_cache_v_0"} - set(ins)
         if need or "logits" not in outs or any(outs.get(n) != ins[n] for n in kv):
             raise NanoError(f"{path}: signature {s!r} lacks tokens/input_pos/kv_cache_{{k,v}}_i inputs, logits "
                             f"or matching kv_cache outputs; {FIX}")
-        first = ins["kv_cache_k_0"]
-        if any(len(ins[n]) != 4 or (ins[n][:2], ins[n][3:]) != (first[:2], first[3:]) for n in kv):
+        first = io["decode"][0]["kv_cache_k_0"]
+        if any(len(ins[n]) != 4 or (ins[n][:2], ins[n][3:]) != (first[:2], first[3:]) or ins[n] != io["decode"][0][n]
+               for n in kv):
             raise NanoError(f"{path}: signature {s!r} has KV caches of different or non-[1, K, S, H] shapes; {FIX}")
-    (ins, outs), (dins, _) = io["prefill"], io["decode"]
+        if ins["tokens"] != (1, ins["input_pos"][0]):
+            raise NanoError(f"{path}: signature {s!r} takes tokens {ins['tokens']} for {ins['input_pos'][0]} "
+                            f"positions; {FIX}")
+    ins, outs = io["decode"]
     _, K, _, H = ins["kv_cache_k_0"]
     S = max(shape[2] for n, shape in ins.items() if n.startswith("kv_cache_"))  # local layers may hold a ring
-    if dins["tokens"] != (1, 1) or dins["kv_cache_k_0"] != ins["kv_cache_k_0"]:
-        raise NanoError(f"{path}: decode must take one token and the prefill's KV caches; {FIX}")
+    if ins["tokens"] != (1, 1):
+        raise NanoError(f"{path}: decode must take one token; {FIX}")
     layers = sum(1 for n in ins if n.startswith("kv_cache_k_"))
-    return Layout(seq_len=S, prefill_len=ins["tokens"][1], layers=layers, kv_heads=K, head_dim=H,
-                  vocab=outs["logits"][-1])
+    return Layout(seq_len=S, prefill_lens=tuple(prefill), prefill_sigs=tuple(prefill.values()), layers=layers,
+                  kv_heads=K, head_dim=H, vocab=outs["logits"][-1])
 
 
 class CompiledLM(ChunkedLM):
@@ -98,7 +99,8 @@ class CompiledLM(ChunkedLM):
         from ai_edge_litert.options import CpuOptions, Options
 
         self.layout = read_layout(path)
-        self.seq_len, self.prefill_len = self.layout.seq_len, self.layout.prefill_len
+        self.seq_len = self.layout.seq_len
+        self.prefill_sigs = dict(zip(self.layout.prefill_lens, self.layout.prefill_sigs))
         cpu = CpuOptions(num_threads=threads, xnnpack_weight_cache_path=str(weight_cache or ""))
         self.model = CompiledModel.from_file(str(path), options=Options(cpu_options=cpu))
         names = self.model.get_signature_list()["decode"]["inputs"]
@@ -109,7 +111,8 @@ class CompiledLM(ChunkedLM):
         self._spare = {n: self.model.create_input_buffer_by_name("decode", n) for n in self.kv
                        if self.kv[n].get_tensor_details()["shape"][2] < self.seq_len}
         self.io = {s: ({n: self.model.create_input_buffer_by_name(s, n) for n in ("tokens", "input_pos")},
-                       {"logits": self.model.create_output_buffer_by_name(s, "logits")}) for s in SIGNATURES}
+                       {"logits": self.model.create_output_buffer_by_name(s, "logits")})
+                   for s in (*self.layout.prefill_sigs, "decode")}
         self._zeros = {n: np.zeros(b.get_tensor_details()["shape"], np.float32) for n, b in self.kv.items()}
         self.reset()
 
