@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.harness.core import cpu_pressure
 from benchmarks.workspace import result_path, work_dir, write_result
 from nano.errors import NanoError
 from nano.files import WEIGHTS
@@ -246,6 +247,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValueError:
         raise SystemExit(f"error: --threads {args.threads!r}: give integers like 2,1") from None
     saved = json.loads(args.json.read_text()) if args.json.is_file() else {}
+    pressure = cpu_pressure()
     for name in names:
         print(f"== {name}", flush=True)
         try:
@@ -256,7 +258,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         # keep what earlier runs measured that this one did not (other thread counts)
         saved[name] = {**prev, **res, "bench": {**prev.get("bench", {}), **res["bench"]}}
         saved.pop("provenance", None)
-        write_result(args.json, saved)
+        llama = next((b["result"].get("provenance", {}).get("llama_cpp_system_info") for m in saved.values()
+                      for b in m["bench"].values()), None)
+        write_result(args.json, saved, pressure_before=pressure, llama_cpp=llama)
     print(f"wrote {args.json}")
 
 
