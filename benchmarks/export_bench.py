@@ -2,12 +2,13 @@
 int4 codes, on this CPU.
 
     .venv/bin/python -m benchmarks.export_bench [--models student,nano1] [--threads 2,1]
-        [--json benchmarks/results/export_bench.json]
+        [--ckpt DIR] [--json benchmarks/results/export_bench.json]
 
 Models: `student` (the distilled student_20m of benchmarks.distill_vs_ce, GPTQ int4 by `nano
 quantize`, made if missing) and `nano1` (full-size nano1, random weights, RTN int4 made by
-benchmarks.quantize_nano1). For each: export to .tflite + .litertlm under $NANO_CACHE/bench/export
-(reused while newer than the checkpoint), write the checkpoint's own codes as a GGUF (Q4_0 blocks,
+benchmarks.quantize_nano1). `--ckpt DIR` benches that int4 checkpoint as the one model named in
+--models instead (e.g. `make demo`'s runs/student_20m-int4, much quicker to make). For each:
+export to .tflite + .litertlm under $NANO_CACHE/bench/export (reused while newer than the checkpoint), write the checkpoint's own codes as a GGUF (Q4_0 blocks,
 a Q8_0 embedding: `nano export --out *.gguf`, reused while newer), then the harness's `run_bench`
 per thread count: decode tok/s of
 LiteRT's CompiledModel, LiteRT-LM and llama.cpp, the bandwidth-bound fraction, TTFT and each
@@ -28,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.harness.core import cpu_pressure
 from benchmarks.workspace import result_path, work_dir, write_result
 from nano.errors import NanoError
 from nano.files import WEIGHTS
@@ -189,15 +191,24 @@ def format_summary(name: str, threads: int, s: dict, files: dict) -> str:
     return "\n".join(lines)
 
 
+def _recipe(ckpt: Path) -> dict | None:
+    path = ckpt / "quantization.json"
+    return json.loads(path.read_text()).get("recipe") if path.is_file() else None
+
+
 def run_model(name: str, t: Target, threads: Sequence[int]) -> dict[str, Any]:
     from benchmarks.harness.run import run_bench
 
     ckpt = ensure_gptq(t.ckpt, t.source)
-    tflite, bundle, export = ensure_export(ckpt, name)
-    gguf = ensure_gguf(ckpt, name)
+    stem = ckpt.name  # files named after the checkpoint: a --ckpt run never reuses another's export
+    tflite, bundle, export = ensure_export(ckpt, stem)
+    gguf = ensure_gguf(ckpt, stem)
     files = {"checkpoint": (ckpt / WEIGHTS).stat().st_size, "tflite": tflite.stat().st_size,
              "litertlm": bundle.stat().st_size, "gguf": gguf.stat().st_size}
-    out: dict[str, Any] = {"checkpoint": str(ckpt), "tflite": str(tflite), "litertlm": str(bundle),
+    meta = json.loads((ckpt / "meta.json").read_text()) if (ckpt / "meta.json").is_file() else {}
+    out: dict[str, Any] = {"checkpoint": str(ckpt), "quantized_from": meta.get("quantized_from"),
+                           "train_tokens": meta.get("train_config", {}).get("tokens"),
+                           "quantization": _recipe(ckpt), "tflite": str(tflite), "litertlm": str(bundle),
                            "gguf": str(gguf), "file_bytes": files, "export": export, "bench": {}}
     for n in threads:
         other = _other_jobs()
@@ -217,6 +228,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="student,nano1")
     ap.add_argument("--threads", default="2,1", help="thread counts to bench, in order")
+    ap.add_argument("--ckpt", type=Path, help="an int4 checkpoint to bench as the one model in --models")
     ap.add_argument("--json", type=Path, default=result_path("export_bench"))
     args = ap.parse_args(argv)
     names = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -224,11 +236,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     unknown = [m for m in names if m not in known]
     if unknown or not names:
         raise SystemExit(f"error: --models {args.models!r}: choose from {', '.join(known)}")
+    if args.ckpt is not None:
+        if len(names) != 1:
+            raise SystemExit(f"error: --ckpt {args.ckpt} needs one model in --models, e.g. --models student")
+        if not (args.ckpt / WEIGHTS).is_file():
+            raise SystemExit(f"error: --ckpt {args.ckpt}: no {WEIGHTS} there; give a `nano quantize` output")
+        known[names[0]] = dataclasses.replace(known[names[0]], ckpt=args.ckpt.absolute(), source=None)
     try:
         threads = [int(x) for x in args.threads.split(",") if x.strip()]
     except ValueError:
         raise SystemExit(f"error: --threads {args.threads!r}: give integers like 2,1") from None
     saved = json.loads(args.json.read_text()) if args.json.is_file() else {}
+    pressure = cpu_pressure()
     for name in names:
         print(f"== {name}", flush=True)
         try:
@@ -239,7 +258,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         # keep what earlier runs measured that this one did not (other thread counts)
         saved[name] = {**prev, **res, "bench": {**prev.get("bench", {}), **res["bench"]}}
         saved.pop("provenance", None)
-        write_result(args.json, saved)
+        llama = next((b["result"].get("provenance", {}).get("llama_cpp_system_info") for m in saved.values()
+                      for b in m["bench"].values()), None)
+        write_result(args.json, saved, pressure_before=pressure, llama_cpp=llama)
     print(f"wrote {args.json}")
 
 

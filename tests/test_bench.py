@@ -46,6 +46,9 @@ def test_run_bench_reports_every_runtime(files):
     assert list(r["model"]["prefill_lens"]) == [4, 16] and list(r["model"]["prefill_sigs"]) == ["prefill_4", "prefill_16"]
     assert r["model"]["litertlm"] == str(files["litertlm"])  # the bundle beside the .tflite is found
     assert r["machine"]["bandwidth_gb_s"] > 0 and r["settings"]["threads"] == 2
+    prov = r["provenance"]  # traceable: which code, when, on what CPU, next to which llama.cpp build
+    assert len(prov["git_sha"]) == 40 and prov["date"] and prov["machine"]["cpu"] and prov["command"]
+    assert "llama-cpp-python" in prov["versions"] and "AVX" in prov["llama_cpp_system_info"]
     assert set(r["runtimes"]) == {"litert_compiled", "litert_lm", "llama_cpp"}
     for name, e in r["runtimes"].items():
         assert [row["prompt_len"] for row in e["rows"]] == [8, 20], name

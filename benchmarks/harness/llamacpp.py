@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.harness.core import prompt_tokens, time_generation
+from benchmarks.harness.provenance import llamacpp_system_info
 from nano.errors import NanoError
 
 
@@ -175,4 +176,4 @@ def measure_llamacpp(gguf: str, *, threads: int, prompt_lens: Sequence[int], dec
         eng.decode(1)
     raw = [time_generation(eng, prompt_tokens(P, eng.vocab, seed), decode_tokens, repeats) for P in prompt_lens]
     return {"load_s": load, "raw": raw, "weight_bytes": int(eng._lib.llama_model_size(eng.llm.model)),
-            "vocab": eng.vocab, "kv_type": "f16"}
+            "vocab": eng.vocab, "kv_type": "f16", "system_info": llamacpp_system_info()}

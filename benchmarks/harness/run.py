@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness.core import cpu_info, cpu_pressure, memory_bandwidth, pool, run_child, timing_row
+from benchmarks.harness.provenance import provenance
 from nano.errors import NanoError
 
 DEFAULT_PROMPT_LENS = (128, 512, 896)  # + 128 decode steps fills a 1024-position cache
@@ -121,7 +122,8 @@ def run_bench(model_path: str | Path, *, threads: int = 2, prompt_lens: Sequence
     docstring. `compare_llamacpp`: a GGUF of the same weights, timed the same way. `repeats`
     rounds, each running every runtime once in turn (fresh process, fresh caches), so a busy spell
     on a shared machine hits all runtimes alike; medians pool the rounds. Returns a JSON-ready
-    dict; never asserts on time."""
+    dict with its provenance (git SHA, date, machine, command, versions, llama.cpp's system info);
+    never asserts on time."""
     from benchmarks.harness.litert import (litertlm_first_run, litertlm_row, measure_compiled, measure_litertlm,
                                          pack_weight_cache, read_layout)
     from benchmarks.harness.llamacpp import measure_llamacpp
@@ -192,7 +194,8 @@ def run_bench(model_path: str | Path, *, threads: int = 2, prompt_lens: Sequence
         report("done", total, total)
         model = {"path": str(model_path), "tflite_bytes": tflite.stat().st_size,
                  "litertlm": str(bundle) if bundle else None, **dataclasses.asdict(layout)}
-    return {"model": model,
+    return {"provenance": provenance(pressure, llama_cpp=runtimes.get("llama_cpp", {}).get("system_info")),
+            "model": model,
             "settings": {"threads": threads, "prompt_lens": list(lens), "decode_tokens": decode_tokens,
                          "repeats": repeats, "prompt": "seeded random ids (seed 0), greedy decode",
                          "litert_lm_note": "LiteRT-LM's own benchmark: its prompt zero-padded to P tokens, "

@@ -1,0 +1,149 @@
+"""The README's figure tables, regenerated from the committed result files.
+
+    .venv/bin/python -m benchmarks.report [--check]
+
+A generated table sits in README.md between
+
+    <!-- table: KIND (benchmarks/results/A.json[, benchmarks/results/B.json]) -->
+    ...
+    <!-- end table -->
+
+KIND names the renderer (one per kind of result); each table opens with the machine (CPU model,
+SIMD flags), date and git SHA its figures come from. Without --check the README is rewritten in
+place; with it, nothing is written and the exit status is 1 when a table differs from its files
+(tests/test_report.py runs the same check).
+"""
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nano.errors import NanoError
+
+ROOT = Path(__file__).resolve().parents[1]
+SHORT = {"litert_compiled": "LiteRT", "litert_lm": "LiteRT-LM", "llama_cpp": "llama.cpp"}
+TABLE = re.compile(r"(<!-- table: (\w+) \(([^)]*)\) -->\n)(.*?)(<!-- end table -->)", re.S)
+
+
+def _stalled(prov: dict[str, Any], seconds: float) -> str:
+    """Share of a run's wall time during which some task waited for a CPU, from the kernel's
+    cumulative CPU pressure counter (`total=` microseconds) read before and after it."""
+    before, after = (re.search(r"total=(\d+)", prov[k] or "") for k in ("cpu_pressure_before", "cpu_pressure_after"))
+    if not (before and after and seconds > 0):
+        return "n/a"
+    return f"{(int(after.group(1)) - int(before.group(1))) / 1e6 / seconds:.0%}"
+
+
+def source_line(prov: dict[str, Any]) -> str:
+    """Where a table's figures come from: machine, date, commit and command."""
+    m = prov["machine"]
+    dirty = " + uncommitted changes" if prov.get("git_dirty") else ""
+    return (f"*Measured on {m['cpu']} ({m['cores']} cores; {' '.join(m['cpu_flags']) or 'no AVX2'}), "
+            f"{prov['date'][:16].replace('T', ' ')} UTC, git {prov['git_sha'][:10]}{dirty}: "
+            f"`{prov['command']}`.*")
+
+
+def render_export_bench(results: list[dict]) -> str:
+    """benchmarks/export_bench.py: LiteRT CompiledModel and LiteRT-LM against llama.cpp, same run."""
+    (res,) = results
+    lines = [source_line(res["provenance"]), "",
+             "| model, threads | prompt | decode tok/s: LiteRT / LiteRT-LM / llama.cpp | decode vs llama.cpp "
+             "| TTFT ms: LiteRT / llama.cpp | TTFT vs llama.cpp | share of bandwidth bound (LiteRT / llama.cpp) |",
+             "|---|---|---|---|---|---|---|"]
+    notes = []
+    for model, entry in res.items():
+        if model == "provenance":
+            continue
+        for threads, run in entry["bench"].items():
+            r = run["result"]
+            for sp in r["speedup_vs_llama_cpp"]["litert_compiled"]:
+                P = sp["prompt_len"]
+                row = {name: next(x for x in e["rows"] if x["prompt_len"] == P) for name, e in r["runtimes"].items()}
+                lite, lm, ll = row["litert_compiled"], row.get("litert_lm"), row["llama_cpp"]
+                lines.append(f"| {model}, {threads} | {P} | {lite['decode_tok_s']:.0f} / "
+                             f"{lm['decode_tok_s'] if lm else float('nan'):.0f} / {ll['decode_tok_s']:.0f} "
+                             f"| {sp['decode']:.2f}× | {lite['ttft_ms']:.0f} / {ll['ttft_ms']:.0f} "
+                             f"| {sp['ttft']:.2f}× | {lite['fraction_of_limit']:.0%} / {ll['fraction_of_limit']:.0%} |")
+            prov = r["provenance"]
+            memory = ", ".join(f"{SHORT[name]} {e['model_rss_over_file']:.2f}×" for name, e in r["runtimes"].items()
+                               if name in SHORT)
+            notes.append(f"{model} at {threads} thread{'s' * (threads != '1')}: bandwidth "
+                         f"{r['machine']['bandwidth_gb_s']:.1f} GB/s, tasks waiting for a CPU "
+                         f"{_stalled(prov, run['summary']['seconds'])} of the time; (peak RSS − RSS before the "
+                         f"model) / file: {memory}")
+    files = {m: e["file_bytes"] for m, e in res.items() if m != "provenance"}
+    sizes = "; ".join(f"{m} {f['tflite'] / 2**20:.0f} MiB `.tflite` / {f['gguf'] / 2**20:.0f} MiB GGUF"
+                      for m, f in files.items())
+    lines += ["", f"(Medians over rounds; ratios > 1: faster than llama.cpp. {'. '.join(notes)}. Files: {sizes}.)"]
+    return "\n".join(lines)
+
+
+def render_nano1_plan(results: list[dict]) -> str:
+    """benchmarks/nano1_plan.py: one compiled distillation step's memory, one row per file."""
+    gib = lambda b: f"{b / 2**30:.2f} GiB"
+    lines = [source_line(results[0]["provenance"]), "",
+             "| tokens per step | student params + Adam state (all devices) | per device: arguments | temporaries "
+             "| peak | compile s |", "|---|---|---|---|---|---|"]
+    for r in results:
+        a = r["args"]
+        lines.append(f"| {a['batch_size']} × {a['seq_len']} | {gib(r['state_bytes'])} "
+                     f"| {gib(r['per_device_argument_bytes'])} | {gib(r['per_device_temp_bytes'])} "
+                     f"| {gib(r['per_device_peak_bytes'])} | {r['compile_seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+RENDERERS: dict[str, Callable[[list[dict]], str]] = {"export_bench": render_export_bench,
+                                                      "nano1_plan": render_nano1_plan}
+
+
+def render(kind: str, paths: list[str], root: Path = ROOT) -> str:
+    if kind not in RENDERERS:
+        raise NanoError(f"README table kind {kind!r} has no renderer; use one of {', '.join(RENDERERS)}")
+    results = []
+    for p in paths:
+        path = root / p
+        if not path.is_file():
+            raise NanoError(f"{p}: result file missing; run the benchmark that writes it, or drop its table")
+        results.append(json.loads(path.read_text()))
+    return RENDERERS[kind](results)
+
+
+def tables(text: str) -> list[tuple[str, list[str], str]]:
+    """(kind, result paths, current body) of every generated table in `text`."""
+    return [(m.group(2), [p.strip() for p in m.group(3).split(",")], m.group(4).rstrip("\n"))
+            for m in TABLE.finditer(text)]
+
+
+def regenerate(text: str, root: Path = ROOT) -> str:
+    """`text` with every generated table rendered afresh from its files."""
+    def sub(m: re.Match) -> str:
+        body = render(m.group(2), [p.strip() for p in m.group(3).split(",")], root)
+        return f"{m.group(1)}{body}\n{m.group(5)}"
+
+    return TABLE.sub(sub, text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true", help="only compare; exit 1 when a table is stale")
+    args = ap.parse_args(argv)
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    try:
+        new = regenerate(text)
+    except NanoError as e:
+        raise SystemExit(f"error: {e}") from None
+    stale = [kind for (kind, _, old), (_, _, fresh) in zip(tables(text), tables(new)) if old != fresh]
+    if args.check:
+        print(f"stale tables: {', '.join(stale)}" if stale else f"{len(tables(text))} tables current")
+        sys.exit(1 if stale else 0)
+    readme.write_text(new)
+    print(f"README.md: {len(tables(new))} tables, {len(stale)} rewritten ({', '.join(stale) or 'none changed'})")
+
+
+if __name__ == "__main__":
+    main()
