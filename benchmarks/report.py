@@ -96,8 +96,28 @@ def render_nano1_plan(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def render_long_context(results: list[dict]) -> str:
+    """benchmarks/long_context.py: decode at a short and a long context, ring vs full KV caches."""
+    (r,) = results
+    lines = [source_line(r["provenance"]), "",
+             "| KV caches | KV MiB | " + " | ".join(f"decode tok/s at {p} | TTFT ms at {p}"
+                                                  for p in r["runs"]["ring"]["rows"]) + " |",
+             "|---|---|" + "---|---|" * len(r["runs"]["ring"]["rows"])]
+    for name, run in r["runs"].items():
+        cells = " | ".join(f"{row['decode_tok_s']:.1f} | {row['ttft_ms']:.0f}" for row in run["rows"].values())
+        lines.append(f"| {name} | {run['kv_bytes'] / 2**20:.0f} | {cells} |")
+    s = r["summary"]
+    lines += ["", f"({r['model']} int4 at seq_len {r['seq_len']}, CompiledModel, "
+                  f"{r['runs']['ring']['machine']['threads']} threads. Ring: decode at the long context / the short one {s['ring_decode_long_over_short']:.2f}×; "
+                  f"full caches {s['full_decode_long_over_short']:.2f}× (the full graph attends over every slot "
+                  f"at any position); ring over full at the long context {s['ring_over_full_decode_long']:.2f}×; "
+                  f"KV memory {s['kv_full_over_ring']:.1f}× smaller.)"]
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[list[dict]], str]] = {"export_bench": render_export_bench,
-                                                      "nano1_plan": render_nano1_plan}
+                                                      "nano1_plan": render_nano1_plan,
+                                                      "long_context": render_long_context}
 
 
 def render(kind: str, paths: list[str], root: Path = ROOT) -> str:
