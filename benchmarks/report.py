@@ -115,9 +115,20 @@ def render_long_context(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def render_ring_parity(results: list[dict]) -> str:
+    """benchmarks/ring_parity.py: the teacher's greedy picks with the ring cache vs full caches."""
+    (r,) = results
+    return "\n".join([source_line(r["provenance"]), "",
+                      "| model | window | positions | identical greedy picks | max top-logit difference "
+                      "| distinct picks |", "|---|---|---|---|---|---|",
+                      f"| {r['model']} | {r['window']} | {r['positions']:,} | {'yes' if r['identical_picks'] else 'no'} "
+                      f"| {r['max_abs_top_logit_difference']:.1e} | {r['distinct_picks']} |"])
+
+
 RENDERERS: dict[str, Callable[[list[dict]], str]] = {"export_bench": render_export_bench,
                                                       "nano1_plan": render_nano1_plan,
-                                                      "long_context": render_long_context}
+                                                      "long_context": render_long_context,
+                                                      "ring_parity": render_ring_parity}
 
 
 def render(kind: str, paths: list[str], root: Path = ROOT) -> str:
