@@ -41,7 +41,7 @@ from flax import nnx
 from jax.experimental import jax2tf
 
 from nano.config import ModelConfig
-from nano.model import abstract_model, cache_lengths
+from nano.model import abstract_model, cache_context, cache_lengths
 from nano.params import is_matrix
 
 
@@ -63,9 +63,9 @@ def _decoder(config: ModelConfig):
     def fn(gain_values, kernels_t, x, input_pos, caches):
         values = dict(zip(gains, gain_values)) | {n: jnp.transpose(w) for n, w in zip(kernels, kernels_t)}
         layers, final_norm = nnx.merge(graphdef, jax.tree.unflatten(treedef, [values[n] for n in names]))
-        new = []
+        new, context = [], cache_context(caches)
         for block, cache in zip(layers, caches):
-            x, cache = block(x, input_pos, cache, input_pos[0])
+            x, cache = block(x, input_pos, cache, input_pos[0], context=context)
             new.append(cache)
         return final_norm(x), new
 

@@ -38,9 +38,16 @@ Tap = Callable[[str, jax.Array], None]
 def cache_lengths(config: ModelConfig, length: int, *, ring: bool = True) -> list[int]:
     """Positions each layer's cache holds for a context of `length`: all of them for global
     layers; a ring of min(window, length) for local ones (`ring=False`: all, for runtimes that
-    need one cache length, e.g. LiteRT-LM)."""
+    need one cache length, e.g. LiteRT-LM). A model without a global layer keeps full caches:
+    its context could not be read off the cache (`cache_context`)."""
+    ring = ring and any(config.is_global(i) for i in range(config.num_layers))
     return [length if config.is_global(i) or not ring else min(config.window, length)
             for i in range(config.num_layers)]
+
+
+def cache_context(cache: KVCache) -> int:
+    """The context a cache serves: its longest layer's length. A shorter layer cache is a ring."""
+    return max(k.shape[2] for k, _ in cache)
 
 
 def init_cache(config: ModelConfig, *, batch: int = 1, length: int | None = None,
@@ -127,7 +134,10 @@ class Attention(nnx.Module):
         self.config = c
 
     def __call__(self, x: Float[Array, "B T D"], positions: Int[Array, "T"],
-                 cache: tuple[jax.Array, jax.Array] | None, start: Int[Array, ""], tap: Tap | None = None):
+                 cache: tuple[jax.Array, jax.Array] | None, start: Int[Array, ""], tap: Tap | None = None,
+                 context: int | None = None):
+        """`context`: the positions the whole cache serves (`cache_context`); a layer cache
+        shorter than that is a ring, one that holds it all is updated in place."""
         c = self.config
         B, T, _ = x.shape
         q = self.q(x).reshape(B, T, c.num_heads, c.head_dim)  # (B, T, N, H)
@@ -141,7 +151,7 @@ class Attention(nnx.Module):
         q = q.reshape(B, T, c.num_kv_heads, c.num_heads // c.num_kv_heads, c.head_dim)  # (B, T, K, G, H)
         if cache is None:
             out = self._attend(q, [(k, v, attention_mask(positions, positions, self.window))])
-        elif self.window is not None and cache[0].shape[2] <= self.window:  # a ring of recent positions
+        elif cache[0].shape[2] < (context or cache[0].shape[2]):  # a ring of the window's positions
             order = start + jnp.arange(T, dtype=jnp.int32)  # chunk positions, padding included
             fresh = positions == order  # False on padding
             ring_pos = ring_positions(start, cache[0].shape[2])
@@ -207,11 +217,11 @@ class Block(nnx.Module):
         self.mlp = MLP(config, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.post_mlp_norm = RMSNorm(config.d_model, **norm)
 
-    def __call__(self, x, positions, cache, start, tap: Tap | None = None):
+    def __call__(self, x, positions, cache, start, tap: Tap | None = None, context: int | None = None):
         a = self.pre_attn_norm(x)
         if tap:
             tap("qkv", a)
-        h, cache = self.attn(a, positions, cache, start, tap)
+        h, cache = self.attn(a, positions, cache, start, tap, context)
         x = x + self.post_attn_norm(h)
         m = self.pre_mlp_norm(x)
         if tap:
@@ -251,8 +261,9 @@ class Transformer(nnx.Module):
             positions = jnp.where(jnp.arange(tokens.shape[1]) < length, positions, 0)
         x = self.embed_tokens(tokens)
         new_cache = [] if cache is not None else None
+        context = None if cache is None else cache_context(cache)
         for i, block in enumerate(self.layers):
-            x, layer_cache = block(x, positions, None if cache is None else cache[i], start)
+            x, layer_cache = block(x, positions, None if cache is None else cache[i], start, context=context)
             if cache is not None:
                 new_cache.append(layer_cache)
         return self.final_norm(x), new_cache

@@ -118,6 +118,23 @@ def test_compiled_model_runs_the_ring_export_like_the_full_cache(files, tmp_path
     lm.close()
 
 
+@pytest.mark.parametrize("ring", [False, True], ids=["full", "ring"])
+def test_a_context_no_longer_than_the_window_is_updated_in_place(tmp_path, ring):
+    """seq_len == window: every cache holds the whole context, so CompiledModel may pass each as
+    input and output at once (as LiteRT-LM does) and still gives the Interpreter's logits."""
+    model = Transformer(TINY, rngs=nnx.Rngs(0))
+    path = export_tflite(model, tmp_path / "short.tflite", seq_len=TINY.window, prefill_lens=(4,), ring=ring)
+    ref, lm = LiteRTModel(path), CompiledLM(path, threads=2)
+    assert lm._spare == {}  # no ring: nothing double-buffered
+    want, got = [ref.prefill([5, 6, 7, 8, 9])], [lm.prefill([5, 6, 7, 8, 9])]
+    while ref.pos < ref.seq_len:
+        token = int(np.argmax(want[-1]))
+        want.append(ref.decode(token))
+        got.append(lm.decode(token))
+    np.testing.assert_allclose(np.stack(got), np.stack(want), rtol=0, atol=1e-5)
+    lm.close()
+
+
 def test_litertlm_input_runs_its_own_tflite(files, tmp_path):
     tflite, bundle = _model_files(files["litertlm"], tmp_path)
     assert bundle == files["litertlm"] and tflite.read_bytes() == files["tflite"].read_bytes()

@@ -8,8 +8,8 @@ import pytest
 from flax import nnx
 
 from nano.config import get_preset
-from nano.model import (RMSNorm, Transformer, attention_mask, cache_lengths, init_cache, ring_positions, ring_write,
-                        rope)
+from nano.model import (RMSNorm, Transformer, attention_mask, cache_context, cache_lengths, init_cache, ring_positions,
+                        ring_write, rope)
 
 TINY = get_preset("tiny")
 # Gemma-2-style variant of the tiny preset: alternating local/global, soft-caps, no QK-norm.
@@ -58,6 +58,19 @@ def test_kv_cache_path_equals_full_forward(config, ring):
     want = [64 if config.is_global(i) or not ring else config.window for i in range(config.num_layers)]
     assert [k.shape for k, _ in cache] == [(2, config.num_kv_heads, n, config.head_dim) for n in want]  # [B, K, S, H]
     assert cache_lengths(config, 64, ring=ring) == want
+
+
+@pytest.mark.parametrize("length, in_place", [(8, 6), (64, 1)], ids=["context=window", "context>window"])
+def test_only_caches_shorter_than_the_context_are_rings(length, in_place):
+    """A layer cache that holds the whole context is written in place (dynamic_update_slice: safe
+    when a runtime passes one buffer as input and output); only shorter ones are rings."""
+    model = Transformer(TINY, rngs=nnx.Rngs(0))
+    cache = init_cache(TINY, length=length)
+    assert cache_context(cache) == length
+    jaxpr = str(jax.make_jaxpr(lambda t, c: model(t, cache=c, start=3))(jnp.ones((1, 2), jnp.int32), cache))
+    assert jaxpr.count("dynamic_update_slice") == 2 * in_place  # K and V of each in-place layer
+    no_global = dataclasses.replace(TINY, num_layers=1, attn_pattern=2)  # one local layer only
+    assert cache_lengths(no_global, 64) == [64]  # full: its context could not be read off a ring
 
 
 def test_ring_positions_and_write_exact():
