@@ -9,11 +9,11 @@ SHA, date, CPU model and flags, CPU pressure, the exact command and comparator v
 from pathlib import Path
 from typing import Any
 
+from benchmarks.harness.core import ROOT
 from benchmarks.harness.provenance import provenance
 from nano.files import write_json
 from nano.paths import cache_dir
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 

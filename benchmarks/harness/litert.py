@@ -2,8 +2,9 @@
 a .litertlm bundle through LiteRT-LM's own benchmark.
 
 The CompiledModel runner keeps one TensorBuffer per KV-cache tensor and passes it as both input
-and output of every prefill_<T> and `decode`, so the cache is updated in place: the Interpreter's
-signature runner instead copies every cache in and out on each step (2-3 ms/step measured)."""
+and output of every prefill_<T> and `decode`, so the cache is updated in place (a ring cache gets
+a second buffer, see CompiledLM): the Interpreter's signature runner instead copies every cache in
+and out on each step (2-3 ms/step measured)."""
 
 import dataclasses
 import mmap
@@ -66,6 +67,7 @@ def read_layout(path: str | Path) -> Layout:
         io = {(sig := model.SignatureDefs(i)).SignatureKey().decode(): _tensors(model, sig)
               for i in range(model.SignatureDefsLength())}
     prefill = prefill_signatures(path, {k: ins.get("input_pos", (0,))[0] for k, (ins, _) in io.items()})
+    decode_kv = io["decode"][0]
     for s in (*prefill.values(), "decode"):
         ins, outs = io[s]
         kv = sorted(n for n in ins if n.startswith("kv_cache_"))
@@ -73,8 +75,8 @@ def read_layout(path: str | Path) -> Layout:
         if need or "logits" not in outs or any(outs.get(n) != ins[n] for n in kv):
             raise NanoError(f"{path}: signature {s!r} lacks tokens/input_pos/kv_cache_{{k,v}}_i inputs, logits "
                             f"or matching kv_cache outputs; {FIX}")
-        first = io["decode"][0]["kv_cache_k_0"]
-        if any(len(ins[n]) != 4 or (ins[n][:2], ins[n][3:]) != (first[:2], first[3:]) or ins[n] != io["decode"][0][n]
+        first = decode_kv["kv_cache_k_0"]  # every cache [1, K, S_i, H], as decode's
+        if any(len(ins[n]) != 4 or ins[n] != decode_kv.get(n) or (ins[n][:2], ins[n][3]) != (first[:2], first[3])
                for n in kv):
             raise NanoError(f"{path}: signature {s!r} has KV caches of different or non-[1, K, S, H] shapes; {FIX}")
         if ins["tokens"] != (1, ins["input_pos"][0]):
