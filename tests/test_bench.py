@@ -2,6 +2,7 @@
 CompiledModel runner's in-place KV cache against the Interpreter, the bandwidth figure, the
 adb error, and bad input. Timings are only checked to be positive: the machine is shared."""
 
+import dataclasses
 import json
 import os
 import stat
@@ -105,8 +106,12 @@ def test_compiled_model_runs_the_ring_export_like_the_full_cache(files, tmp_path
     through a 60-token prompt and decoding to the last position, and its layout says so."""
     model = Transformer(TINY, rngs=nnx.Rngs(0))  # the model of `files`
     ring = export_tflite(model, tmp_path / "ring.tflite", prefill_lens=(4, 16), ring=True)
-    layout = read_layout(ring)
-    assert layout.seq_len == 64 and layout == read_layout(files["tflite"])
+    layout, full = read_layout(ring), read_layout(files["tflite"])
+    assert layout.seq_len == 64 and layout == dataclasses.replace(full, cache_lens=(8,) * 5 + (64,))
+    assert full.cache_lens == (64,) * 6
+    # the ideal decode reads each ring no further than its window: K and V, 2 heads x 16 dims, f32
+    assert layout.kv_bytes_read(20) == 2 * 2 * 16 * 4 * (5 * 8 + 20)
+    assert full.kv_bytes_read(20) == 2 * 2 * 16 * 4 * 6 * 20 == full.kv_bytes_per_position * 20
     ref, lm = LiteRTModel(files["tflite"]), CompiledLM(ring, threads=2)
     prompt = np.random.default_rng(2).integers(4, TINY.vocab_size, 50).tolist()
     want, got = [ref.prefill(prompt)], [lm.prefill(prompt)]

@@ -34,11 +34,18 @@ class Layout:
     kv_heads: int
     head_dim: int
     vocab: int
+    cache_lens: tuple[int, ...] = ()  # positions each layer's cache holds (a local layer's ring: its window)
 
     @property
     def kv_bytes_per_position(self) -> int:
         """float32 K and V of every layer for one position."""
         return 2 * self.layers * self.kv_heads * self.head_dim * 4
+
+    def kv_bytes_read(self, context: float, *, value_bytes: int = 4) -> float:
+        """K and V bytes an ideal decode step reads at `context` cached positions: each layer reads
+        what its cache can hold of them (a ring no more than its window)."""
+        lens = self.cache_lens or (self.seq_len,) * self.layers
+        return 2 * self.kv_heads * self.head_dim * value_bytes * sum(min(context, n) for n in lens)
 
 
 def _tensors(model, sig) -> tuple[dict[str, tuple], dict[str, tuple]]:
@@ -88,8 +95,9 @@ def read_layout(path: str | Path) -> Layout:
     if ins["tokens"] != (1, 1):
         raise NanoError(f"{path}: decode must take one token; {FIX}")
     layers = sum(1 for n in ins if n.startswith("kv_cache_k_"))
+    cache_lens = tuple(ins[f"kv_cache_k_{i}"][2] for i in range(layers))
     return Layout(seq_len=S, prefill_lens=tuple(prefill), prefill_sigs=tuple(prefill.values()), layers=layers,
-                  kv_heads=K, head_dim=H, vocab=outs["logits"][-1])
+                  kv_heads=K, head_dim=H, vocab=outs["logits"][-1], cache_lens=cache_lens)
 
 
 class CompiledLM(ChunkedLM):

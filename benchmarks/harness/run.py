@@ -9,8 +9,8 @@ process before the measured one, whose peak RSS is then what every later start o
 with where it resides at the end (packed weights, model-file pages, libraries, anonymous
 memory). The decode bound is bandwidth / bytes read per token, with bytes = the weights
 (the .tflite's size; llama.cpp's tensor bytes) + the KV cache up to the mean decode position (f32
-for LiteRT, f16 for llama.cpp); LiteRT's exported graph attends over all seq_len positions, so its
-real traffic is higher than this ideal count. Timings on a shared machine are noisy: read ratios
+for LiteRT, f16 for llama.cpp; a local layer's ring no more than its window); LiteRT's exported
+graph attends over every slot of each cache, so its real traffic is higher than this ideal count. Timings on a shared machine are noisy: read ratios
 measured in the same run, and the CPU pressure printed with them.
 """
 
@@ -19,11 +19,14 @@ import statistics
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmarks.harness.core import cpu_info, cpu_pressure, memory_bandwidth, pool, run_child, timing_row
 from benchmarks.harness.provenance import provenance
 from nano.errors import NanoError
+
+if TYPE_CHECKING:
+    from benchmarks.harness.litert import Layout
 
 DEFAULT_PROMPT_LENS = (128, 512, 896)  # + 128 decode steps fills a 1024-position cache
 DEFAULT_DECODE_TOKENS = 128
@@ -67,10 +70,10 @@ def _model_files(model_path: str | Path, tmp: Path) -> tuple[Path, Path | None]:
     return path, bundle if bundle.is_file() else None
 
 
-def _add_bounds(entry: dict, *, bandwidth_gb_s: float, decode_tokens: int) -> None:
+def _add_bounds(entry: dict, *, layout: "Layout", value_bytes: int, bandwidth_gb_s: float, decode_tokens: int) -> None:
     for row in entry["rows"]:
         context = row["prompt_len"] + decode_tokens / 2
-        nbytes = entry["weight_bytes"] + entry["kv_bytes_per_position"] * context
+        nbytes = entry["weight_bytes"] + layout.kv_bytes_read(context, value_bytes=value_bytes)
         row["bytes_per_token"] = nbytes
         row["bandwidth_limit_tok_s"] = bandwidth_gb_s * 1e9 / nbytes
         row["fraction_of_limit"] = row["decode_tok_s"] / row["bandwidth_limit_tok_s"]
@@ -170,20 +173,21 @@ def run_bench(model_path: str | Path, *, threads: int = 2, prompt_lens: Sequence
             for j, (name, job) in enumerate(jobs.items()):
                 report(f"{name} (round {i + 1}/{repeats})", 1 + i * len(jobs) + j, total)
                 rounds[name].append(job(i))
-        kv_f32 = layout.kv_bytes_per_position
-        files = {"litert_compiled": (Path(model_path), tflite.stat().st_size, kv_f32),
-                 "litert_lm": (bundle, tflite.stat().st_size, kv_f32),
-                 "llama_cpp": (compare_llamacpp and Path(compare_llamacpp), None, kv_f32 // 2)}  # f16 cache
+        files = {"litert_compiled": (Path(model_path), tflite.stat().st_size, 4),  # f32 caches
+                 "litert_lm": (bundle, tflite.stat().st_size, 4),
+                 "llama_cpp": (compare_llamacpp and Path(compare_llamacpp), None, 2)}  # f16 cache
         runtimes: dict[str, dict] = {}
         for name, rs in rounds.items():
             entry = _merge(rs, litertlm_row if name == "litert_lm" else timing_row)
-            path, weights, kv = files[name]
-            entry.update(file=str(path), file_bytes=path.stat().st_size, kv_bytes_per_position=kv)
+            path, weights, value_bytes = files[name]
+            entry.update(file=str(path), file_bytes=path.stat().st_size,
+                         kv_bytes_per_position=layout.kv_bytes_per_position * value_bytes // 4)
             entry.setdefault("weight_bytes", weights)  # llama.cpp reports its tensor bytes itself
             entry["rss_over_file"] = entry["peak_rss_bytes"] / entry["file_bytes"]
             # what the model adds to a process that already has the runtime's libraries loaded
             entry["model_rss_over_file"] = (entry["peak_rss_bytes"] - entry["baseline_rss_bytes"]) / entry["file_bytes"]
-            _add_bounds(entry, bandwidth_gb_s=bandwidth["bandwidth_gb_s"], decode_tokens=decode_tokens)
+            _add_bounds(entry, layout=layout, value_bytes=value_bytes, bandwidth_gb_s=bandwidth["bandwidth_gb_s"],
+                        decode_tokens=decode_tokens)
             runtimes[name] = entry
         if android:
             from benchmarks.harness.android import run_android
