@@ -91,13 +91,17 @@ def convert(
     dtype: Annotated[str, typer.Option(help="float32 or bfloat16.")] = "float32",
 ) -> None:
     """Import a teacher into a Nano checkpoint (safetensors + config + tokenizer)."""
-    from nano.checkpoint import load_config
+    from nano.checkpoint import load_config, load_meta
     from nano.convert import convert as run
 
     with err_console.status(f"converting {src}"):
         path = run(src, out, overwrite=overwrite, dtype=dtype)
     c = load_config(path)
     console.print(f"wrote {path} ({c.name}: {c.num_layers} layers, d {c.d_model}, vocab {c.vocab_size:,})")
+    skipped = load_meta(path).get("skipped_tensors")
+    if skipped:
+        kinds = ", ".join(f"{n} {k}" for k, n in skipped.items())
+        console.print(f"note: skipped {kinds} tensors (not part of the text tower)")
 
 
 @data_app.command("prepare")

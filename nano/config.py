@@ -12,6 +12,7 @@ from typing import Any
 from nano.errors import NanoError
 
 GEMMA3_VOCAB = 262_144
+GEMMA3_MM_VOCAB = 262_208  # Gemma 3 4B/12B/27B (multimodal checkpoints): 64 unused rows more
 GEMMA2_VOCAB = 256_000
 
 
@@ -36,6 +37,9 @@ class ModelConfig:
     attn_pattern: int  # every `attn_pattern`-th layer is global
     rope_local_base: float = 10_000.0
     rope_global_base: float = 10_000.0
+    # Linear RoPE scaling of the global layers only: their positions are divided by it (Gemma 3
+    # 4B/12B/27B: 8, `rope_scaling: {"rope_type": "linear", "factor": 8.0}`); local layers unscaled.
+    rope_global_scale: float = 1.0
     query_pre_attn_scalar: float | None = None  # queries scaled by its -1/2 power; None: head_dim
     attn_softcap: float | None = None  # Gemma 2: 50
     final_softcap: float | None = None  # Gemma 2: 30
@@ -54,6 +58,8 @@ class ModelConfig:
             "ffn_dim": self.ffn_dim > 0,
             "window": self.window > 0,
             "attn_pattern": self.attn_pattern > 0,
+            "rope_global_scale": self.rope_global_scale > 0,
+            "query_pre_attn_scalar": self.query_pre_attn_scalar is None or self.query_pre_attn_scalar > 0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -99,6 +105,23 @@ PRESETS: dict[str, ModelConfig] = {
     "gemma3_1b": _gemma3(  # 999,885,952 params
         name="gemma3_1b", d_model=1152, num_layers=26, num_heads=4, num_kv_heads=1, head_dim=256,
         ffn_dim=6912, query_pre_attn_scalar=256, max_seq_len=32_768),
+    # The text towers of the multimodal Gemma 3 checkpoints (google/gemma-3-{4b,12b,27b}-pt/-it,
+    # `text_config` of their config.json): a 262,208-row embedding (262,144 tokenizer ids + 64
+    # unused rows), 1,024-token window, linear RoPE scaling x8 on global layers, 128k context.
+    # Google's totals (4.30B / 12.2B / 27.4B) add the SigLIP vision tower (~417M) and projector.
+    "gemma3_4b": _gemma3(  # 3,880,263,168 params (text tower)
+        name="gemma3_4b", vocab_size=GEMMA3_MM_VOCAB, d_model=2560, num_layers=34, num_heads=8,
+        num_kv_heads=4, head_dim=256, ffn_dim=10_240, window=1024, query_pre_attn_scalar=256,
+        rope_global_scale=8.0, max_seq_len=131_072),
+    "gemma3_12b": _gemma3(  # 11,766,034,176 params (text tower)
+        name="gemma3_12b", vocab_size=GEMMA3_MM_VOCAB, d_model=3840, num_layers=48, num_heads=16,
+        num_kv_heads=8, head_dim=256, ffn_dim=15_360, window=1024, query_pre_attn_scalar=256,
+        rope_global_scale=8.0, max_seq_len=131_072),
+    # The 27B scales queries by (d_model / heads)**-0.5 = 168**-0.5, not head_dim (128)**-0.5.
+    "gemma3_27b": _gemma3(  # 27,009,346,304 params (text tower)
+        name="gemma3_27b", vocab_size=GEMMA3_MM_VOCAB, d_model=5376, num_layers=62, num_heads=32,
+        num_kv_heads=16, head_dim=128, ffn_dim=21_504, window=1024, query_pre_attn_scalar=168,
+        rope_global_scale=8.0, max_seq_len=131_072),
     "gemma2_2b": ModelConfig(  # 2,614,341,888 params
         name="gemma2_2b", vocab_size=GEMMA2_VOCAB, d_model=2304, num_layers=26, num_heads=8,
         num_kv_heads=4, head_dim=256, ffn_dim=9216, window=4096, attn_pattern=2,

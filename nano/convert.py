@@ -32,6 +32,16 @@ _HF_LAYER = {
     "post_feedforward_layernorm": ("post_mlp_norm.scale", False, True),
 }
 _HF_PREFIXES = ("model.language_model.", "language_model.model.", "model.")
+# Hugging Face's Gemma3TextConfig defaults: the 4B/12B/27B configs' `text_config` relies on them
+# (e.g. google/gemma-3-4b-it lists only hidden_size, intermediate_size, num_hidden_layers,
+# rope_scaling and sliding_window).
+_GEMMA3_TEXT_DEFAULTS = {
+    "vocab_size": 262_208, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
+    "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256, "max_position_embeddings": 131_072,
+    "rms_norm_eps": 1e-6, "rope_theta": 1_000_000.0, "query_pre_attn_scalar": 256, "sliding_window": 4096,
+    "sliding_window_pattern": 6, "rope_local_base_freq": 10_000.0,
+}
+_HF_VISION = ("vision_tower.", "multi_modal_projector.")  # multimodal checkpoints: skipped
 
 
 def hf_name_map(config: ModelConfig) -> dict[str, tuple[str, bool, bool]]:
@@ -88,13 +98,26 @@ def _convert_gguf(src: Path, out: Path, *, overwrite: bool, dtype: str) -> Path:
 
 def hf_config(data: dict[str, Any], *, source: str) -> ModelConfig:
     """ModelConfig from a Hugging Face Gemma 2/3 `config.json`."""
-    data = data.get("text_config", data) if data.get("model_type") == "gemma3" else data
+    if data.get("model_type") == "gemma3":  # multimodal (4B/12B/27B): the text tower's config
+        data = {"model_type": "gemma3_text", **(data.get("text_config") or {})}
     kind = data.get("model_type")
+    if kind == "gemma3_text":  # the multimodal checkpoints list only what differs from these
+        data = {**_GEMMA3_TEXT_DEFAULTS, **data}
     if kind not in ("gemma2", "gemma3_text"):
         raise NanoError(f"{source}: unsupported model_type {kind!r} (field model_type); Nano imports gemma2 and gemma3 models")
-    scaling = (data.get("rope_scaling") or {}).get("factor", 1.0)
-    if scaling != 1.0:
-        raise NanoError(f"{source}: rope scaling (field rope_scaling.factor = {scaling}) is not supported yet")
+    rope_global, rope_local = float(data.get("rope_theta", 10_000.0)), data.get("rope_local_base_freq")
+    rope_scaling = data.get("rope_scaling")
+    params = data.get("rope_parameters")
+    if isinstance(params, dict) and "full_attention" in params:  # transformers >= 5: per layer type
+        local = params.get("sliding_attention") or {}
+        if _hf_rope_scale(local, source=source, field="rope_parameters.sliding_attention") != 1.0:
+            raise NanoError(f"{source}: rope scaling on sliding-window layers (field rope_parameters.sliding_attention) is not supported; Nano scales global layers only")
+        rope_scaling = params["full_attention"] or {}
+        rope_global = float(rope_scaling.get("rope_theta", rope_global))
+        rope_local = local.get("rope_theta", rope_local)
+    rope_scale = _hf_rope_scale(rope_scaling, source=source)
+    if kind == "gemma2" and rope_scale != 1.0:  # Hugging Face's Gemma 2 would scale every layer
+        raise NanoError(f"{source}: rope scaling (field rope_scaling.factor = {rope_scale:g}) on gemma2 is not supported; Nano scales gemma3's global layers only")
 
     def need(key: str) -> Any:
         if key not in data:
@@ -113,8 +136,9 @@ def hf_config(data: dict[str, Any], *, source: str) -> ModelConfig:
         num_heads=heads, num_kv_heads=data.get("num_key_value_heads", heads),
         head_dim=data.get("head_dim", need("hidden_size") // heads), ffn_dim=need("intermediate_size"),
         window=data.get("sliding_window") or 4096, attn_pattern=pattern,
-        rope_global_base=float(data.get("rope_theta", 10_000.0)),
-        rope_local_base=float(data.get("rope_local_base_freq", data.get("rope_theta", 10_000.0))),
+        rope_global_base=rope_global,
+        rope_local_base=float(rope_global if rope_local is None else rope_local),
+        rope_global_scale=rope_scale,
         query_pre_attn_scalar=data.get("query_pre_attn_scalar"),
         attn_softcap=data.get("attn_logit_softcapping"), final_softcap=data.get("final_logit_softcapping"),
         qk_norm=gemma3, norm_eps=float(data.get("rms_norm_eps", 1e-6)),
@@ -123,25 +147,53 @@ def hf_config(data: dict[str, Any], *, source: str) -> ModelConfig:
     return ModelConfig(name=match_preset(cfg, default=f"{kind}_custom"), **cfg)
 
 
-def _read_hf_tensors(src: Path) -> tuple[dict[str, np.ndarray], Path]:
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+def _hf_rope_scale(scaling: dict[str, Any] | None, *, source: str, field: str = "rope_scaling") -> float:
+    """The linear RoPE factor of a `rope_scaling` entry (Gemma 3 4B/12B/27B: linear, 8); 1.0 if none."""
+    if not scaling:
+        return 1.0
+    kind = scaling.get("rope_type", scaling.get("type", "linear"))
+    if kind not in ("linear", "default"):
+        raise NanoError(f"{source}: rope scaling type {kind!r} (field {field}.rope_type) is not supported; Nano implements linear scaling (Gemma 3)")
+    factor = float(scaling.get("factor", 1.0)) if kind == "linear" else 1.0
+    if factor <= 0:
+        raise NanoError(f"{source}: rope scaling factor {factor:g} (field {field}.factor) must be positive")
+    return factor
+
+
+def _hf_text_name(name: str) -> str | None:
+    """A text-tower tensor's name without its prefix (None for the vision tower, the projector or
+    anything else): `model.language_model.` (transformers >= 4.52), `language_model.model.`
+    (the hub's Gemma3ForConditionalGeneration files) or `model.` (Gemma3ForCausalLM, Gemma 2)."""
+    for prefix in _HF_PREFIXES:
+        if name.startswith(prefix):
+            rest = name[len(prefix):]
+            return None if rest.startswith(_HF_VISION) else rest
+    return None
+
+
+def _read_hf_tensors(src: Path) -> tuple[dict[str, np.ndarray], Path, dict[str, int]]:
+    """Text-tower tensors by their unprefixed names, the first file, and how many tensors of
+    each skipped kind (vision tower, projector, other) were left unread."""
+    from safetensors import SafetensorError, safe_open
 
     files = [src] if src.is_file() else sorted(src.glob("*.safetensors"))
     if not files:
         raise NanoError(f"{src}: no *.safetensors files found")
     tensors: dict[str, np.ndarray] = {}
+    skipped: dict[str, int] = {}
     for f in files:
         try:
-            loaded = load_file(str(f))
+            with safe_open(str(f), framework="numpy") as st:
+                for name in st.keys():
+                    text = _hf_text_name(name)
+                    if text is None:
+                        kind = next((v.rstrip(".") for v in _HF_VISION if v in name), "other")
+                        skipped[kind] = skipped.get(kind, 0) + 1
+                        continue
+                    tensors[text] = st.get_tensor(name)
         except (SafetensorError, OSError, ValueError) as e:
             raise NanoError(f"{f}: unreadable safetensors file ({e})") from None
-        for name, arr in loaded.items():
-            for prefix in _HF_PREFIXES:
-                if name.startswith(prefix):
-                    tensors[name[len(prefix):]] = arr
-                    break
-    return tensors, files[0]
+    return tensors, files[0], skipped
 
 
 def _convert_safetensors(src: Path, out: Path, *, overwrite: bool, dtype: str) -> Path:
@@ -155,7 +207,10 @@ def _convert_safetensors(src: Path, out: Path, *, overwrite: bool, dtype: str) -
         config = hf_config(json.loads(cfg_path.read_text()), source=str(cfg_path))
     except json.JSONDecodeError as e:
         raise NanoError(f"{cfg_path}: invalid JSON ({e.msg} at line {e.lineno})") from None
-    tensors, first = _read_hf_tensors(src)
+    tensors, first, skipped = _read_hf_tensors(src)
+    if not tensors and skipped:
+        found = ", ".join(f"{n} {k}" for k, n in sorted(skipped.items()))
+        raise NanoError(f"{src}: no text-tower tensors (model.language_model.*, language_model.model.* or model.*), only {found} tensors; pass a checkpoint that includes the language model")
     cast = _np_dtype(dtype)
     flat = {}
     for hf, (name, transpose, plus1) in hf_name_map(config).items():
@@ -170,6 +225,8 @@ def _convert_safetensors(src: Path, out: Path, *, overwrite: bool, dtype: str) -
         raise NanoError(f"{tok_path}: tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is {config.vocab_size}")
     model = model_from_flat(config, flat, source=str(first))
     meta = {"source": src.name, "source_format": "safetensors", "converter_version": CONVERTER_VERSION}
+    if skipped:  # the vision tower of a multimodal checkpoint: Nano distills the text tower
+        meta["skipped_tensors"] = dict(sorted(skipped.items()))
     return save_checkpoint(out, model, tokenizer=tokenizer, meta=meta, overwrite=overwrite)
 
 
@@ -193,6 +250,7 @@ def write_hf_safetensors(params: dict[str, np.ndarray], config: ModelConfig, out
               "num_key_value_heads": c.num_kv_heads, "head_dim": c.head_dim, "intermediate_size": c.ffn_dim,
               "sliding_window": c.window, "sliding_window_pattern": c.attn_pattern,
               "rope_theta": c.rope_global_base, "rope_local_base_freq": c.rope_local_base,
+              "rope_scaling": {"rope_type": "linear", "factor": c.rope_global_scale} if c.rope_global_scale != 1.0 else None,
               "query_pre_attn_scalar": c.query_pre_attn_scalar, "attn_logit_softcapping": c.attn_softcap,
               "final_logit_softcapping": c.final_softcap, "rms_norm_eps": c.norm_eps,
               "max_position_embeddings": c.max_seq_len}

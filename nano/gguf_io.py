@@ -90,14 +90,20 @@ def config_from_gguf(reader, *, source: str) -> ModelConfig:
 
     d, layers, heads = int(get("embedding_length")), int(get("block_count")), int(get("attention.head_count"))
     head_dim = int(get("attention.key_length", d // heads))
-    scaling = float(get("rope.scaling.factor", 1.0))
-    if scaling != 1.0:
-        raise NanoError(f"{source}: rope scaling (field {arch}.rope.scaling.factor = {scaling}) is not supported yet")
+    # llama.cpp's keys: rope.scaling.type ("none" | "linear" | "yarn" | ...) and
+    # rope.scaling.factor; Gemma 3 applies it on global layers only (local: unscaled).
+    kind = get("rope.scaling.type", "linear")
+    scaling = float(get("rope.scaling.factor", 1.0) or 1.0)
+    if kind not in ("none", "linear"):
+        raise NanoError(f"{source}: rope scaling type {kind!r} (field {arch}.rope.scaling.type) is not supported; Nano implements linear scaling (Gemma 3)")
+    if kind == "none":
+        scaling = 1.0
+    if scaling <= 0 or (arch == "gemma2" and scaling != 1.0):
+        raise NanoError(f"{source}: rope scaling factor {scaling} (field {arch}.rope.scaling.factor) is not supported; Nano scales gemma3's global layers by a positive factor")
     pattern = get("attention.sliding_window_pattern", 6 if arch == "gemma3" else 2)
     if not isinstance(pattern, int):  # newer files store one bool per layer (True = local)
         pattern = next((i + 1 for i, local in enumerate(pattern) if not local), layers)
-    # llama.cpp scales queries by head_dim**-0.5 except for the 27B models (d_model / heads).
-    big = (arch, layers) in (("gemma2", 46), ("gemma3", 62))
+    big = _llama_cpp_scales_by_width(arch, layers)
     tokens = reader.fields.get("tokenizer.ggml.tokens")
     embd = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
     vocab = int(embd.shape[1]) if embd is not None else len(tokens.data) if tokens else 0
@@ -108,6 +114,7 @@ def config_from_gguf(reader, *, source: str) -> ModelConfig:
         attn_pattern=int(pattern),
         rope_global_base=float(get("rope.freq_base", 10_000.0)),
         rope_local_base=float(get("rope.freq_base_swa", 10_000.0)),
+        rope_global_scale=scaling,
         query_pre_attn_scalar=d / heads if big else head_dim,
         attn_softcap=_opt_float(get("attn_logit_softcapping", None)),
         final_softcap=_opt_float(get("final_logit_softcapping", None)),
@@ -117,6 +124,12 @@ def config_from_gguf(reader, *, source: str) -> ModelConfig:
     if arch == "gemma2":
         cfg["rope_local_base"] = cfg["rope_global_base"]
     return ModelConfig(name=match_preset(cfg, default=f"{arch}_custom"), **cfg)
+
+
+def _llama_cpp_scales_by_width(arch: str, layers: int) -> bool:
+    """llama.cpp scales queries by head_dim**-0.5 except for the 27B models, which it knows by
+    their depth: (d_model / heads)**-0.5 there (Gemma 3 27B: 168**-0.5, head_dim 128)."""
+    return (arch, layers) in (("gemma2", 46), ("gemma3", 62))
 
 
 def _opt_float(x: Any) -> float | None:
@@ -194,6 +207,11 @@ def write_gguf(path: str | Path, params: dict[str, np.ndarray], config: ModelCon
     if config.attn_pattern != default_pattern:
         raise NanoError(f"model {config.name!r}: llama.cpp's {config.family} assumes a local/global pattern of {default_pattern}, not {config.attn_pattern}")
     arch = config.family
+    llama_scalar = config.d_model / config.num_heads if _llama_cpp_scales_by_width(arch, config.num_layers) else config.head_dim
+    if config.query_pre_attn_scalar is not None and config.query_pre_attn_scalar != llama_scalar:
+        raise NanoError(f"model {config.name!r}: query_pre_attn_scalar {config.query_pre_attn_scalar:g} has no GGUF field; llama.cpp's {arch} with {config.num_layers} layers scales queries by {llama_scalar:g}**-0.5")
+    if arch == "gemma2" and config.rope_global_scale != 1.0:
+        raise NanoError(f"model {config.name!r}: rope_global_scale {config.rope_global_scale:g} on gemma2 (no qk_norm): llama.cpp would scale every layer; Nano scales global layers only")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -245,6 +263,11 @@ def add_model_metadata(w, config: ModelConfig) -> None:
     w.add_sliding_window(config.window)
     if config.family == "gemma3":
         w.add_rope_freq_base_swa(config.rope_local_base)
+    if config.rope_global_scale != 1.0:
+        from gguf import RopeScalingType
+
+        w.add_rope_scaling_type(RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(config.rope_global_scale)
     if config.attn_softcap:
         w.add_attn_logit_softcapping(config.attn_softcap)
     if config.final_softcap:

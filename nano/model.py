@@ -80,10 +80,14 @@ class Linear(nnx.Module):
         return x.astype(self.dtype) @ self.kernel[...].astype(self.dtype)
 
 
-def rope(x: Float[Array, "B T N H"], positions: Int[Array, "T"], base: float) -> Float[Array, "B T N H"]:
-    """Rotary embedding, half-split ("NeoX") layout as in Gemma and llama.cpp's gemma archs."""
+def rope(x: Float[Array, "B T N H"], positions: Int[Array, "T"], base: float,
+         scale: float = 1.0) -> Float[Array, "B T N H"]:
+    """Rotary embedding, half-split ("NeoX") layout as in Gemma and llama.cpp's gemma archs.
+    `scale`: linear RoPE scaling, positions divided by it (as inv_freq / scale in Hugging Face)."""
     half = x.shape[-1] // 2
     inv_freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)  # (H/2,)
+    if scale != 1.0:
+        inv_freq = inv_freq / scale
     angles = positions.astype(jnp.float32)[:, None] * inv_freq  # (T, H/2)
     cos, sin = jnp.cos(angles)[:, None, :], jnp.sin(angles)[:, None, :]  # (T, 1, H/2)
     x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
@@ -131,6 +135,7 @@ class Attention(nnx.Module):
         is_global = c.is_global(layer)
         self.window = None if is_global else c.window
         self.rope_base = c.rope_global_base if is_global else c.rope_local_base
+        self.rope_scale = c.rope_global_scale if is_global else 1.0
         self.config = c
 
     def __call__(self, x: Float[Array, "B T D"], positions: Int[Array, "T"],
@@ -145,8 +150,8 @@ class Attention(nnx.Module):
         v = self.v(x).reshape(B, T, c.num_kv_heads, c.head_dim)  # (B, T, K, H)
         if c.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q = rope(q, positions, self.rope_base) * jnp.asarray(c.attn_scale, q.dtype)
-        k = rope(k, positions, self.rope_base)
+        q = rope(q, positions, self.rope_base, self.rope_scale) * jnp.asarray(c.attn_scale, q.dtype)
+        k = rope(k, positions, self.rope_base, self.rope_scale)
         k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # (B, K, T, H)
         q = q.reshape(B, T, c.num_kv_heads, c.num_heads // c.num_kv_heads, c.head_dim)  # (B, T, K, G, H)
         if cache is None:

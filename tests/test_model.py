@@ -34,6 +34,27 @@ def test_rope_exact():
     np.testing.assert_allclose(y, [math.cos(2), math.cos(0.2), math.sin(2), math.sin(0.2)], rtol=1e-6)
 
 
+def test_rope_linear_scaling_divides_positions():
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 3, 2, 8)), jnp.float32)
+    scaled = rope(x, jnp.array([8, 16, 40]), 1e6, 8.0)
+    np.testing.assert_allclose(scaled, rope(x, jnp.array([1, 2, 5]), 1e6), rtol=1e-6, atol=1e-6)
+    # head_dim 2: one frequency of 1 rad/position, divided by the factor
+    y = rope(jnp.array([[[[1.0, 0.0]]]]), jnp.array([3]), 10_000.0, 4.0)[0, 0, 0]
+    np.testing.assert_allclose(y, [math.cos(0.75), math.sin(0.75)], rtol=1e-6)
+
+
+def test_rope_scaling_applies_to_global_layers_only():
+    c = dataclasses.replace(TINY, rope_global_scale=8.0)
+    model = Transformer(c, rngs=nnx.Rngs(0))
+    assert [layer.attn.rope_scale for layer in model.layers] == [1.0] * 5 + [8.0]
+    assert [layer.attn.rope_base for layer in model.layers] == [10_000.0] * 5 + [1e6]
+    plain = Transformer(TINY, rngs=nnx.Rngs(0))
+    tokens = jnp.arange(1, 21)[None]
+    a, b = np.asarray(model(tokens)[0]), np.asarray(plain(tokens)[0])
+    np.testing.assert_array_equal(a[:, 0], b[:, 0])  # position 0: no rotation either way
+    assert np.abs(a - b).max() > 1e-3
+
+
 def test_attention_mask_exact():
     m = attention_mask(jnp.arange(4), jnp.arange(4), window=2)
     assert m.astype(int).tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1]]
