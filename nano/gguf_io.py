@@ -208,8 +208,8 @@ def write_gguf(path: str | Path, params: dict[str, np.ndarray], config: ModelCon
         raise NanoError(f"model {config.name!r}: llama.cpp's {config.family} assumes a local/global pattern of {default_pattern}, not {config.attn_pattern}")
     arch = config.family
     llama_scalar = config.d_model / config.num_heads if _llama_cpp_scales_by_width(arch, config.num_layers) else config.head_dim
-    if config.query_pre_attn_scalar is not None and config.query_pre_attn_scalar != llama_scalar:
-        raise NanoError(f"model {config.name!r}: query_pre_attn_scalar {config.query_pre_attn_scalar:g} has no GGUF field; llama.cpp's {arch} with {config.num_layers} layers scales queries by {llama_scalar:g}**-0.5")
+    if (config.query_pre_attn_scalar or config.head_dim) != llama_scalar:
+        raise NanoError(f"model {config.name!r}: query_pre_attn_scalar {config.query_pre_attn_scalar or config.head_dim:g} has no GGUF field; llama.cpp's {arch} with {config.num_layers} layers scales queries by {llama_scalar:g}**-0.5")
     if arch == "gemma2" and config.rope_global_scale != 1.0:
         raise NanoError(f"model {config.name!r}: rope_global_scale {config.rope_global_scale:g} on gemma2 (no qk_norm): llama.cpp would scale every layer; Nano scales global layers only")
     path = Path(path)

@@ -4,6 +4,7 @@ checked against llama.cpp on small random configs that use every feature."""
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -171,24 +172,18 @@ def test_unsupported_rope_scaling_is_refused(tmp_path, tiny_tokenizer):
     with pytest.raises(NanoError, match=r"config\.json: rope scaling \(field rope_scaling\.factor = 2\) on gemma2 is not supported"):
         hf_config({"model_type": "gemma2", "vocab_size": 8, "hidden_size": 8, "num_hidden_layers": 2, "num_attention_heads": 2,
                    "intermediate_size": 8, "rope_scaling": {"rope_type": "linear", "factor": 2.0}}, source="config.json")
-    # A GGUF with another scaling type: one line from the CLI, no --out left behind.
-    import gguf
-
-    from nano.gguf_io import add_model_metadata, gguf_name_map
-
-    model = _random_model(get_preset("tiny"))
-    flat = flat_params(model)
-    w = gguf.GGUFWriter(tmp_path / "yarn.gguf", arch="gemma3")
-    add_model_metadata(w, model.config)
-    w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
-    w.add_rope_scaling_factor(8.0)
-    tiny_tokenizer.write_gguf(w)
-    for g, (n, t) in gguf_name_map(model.config).items():
-        w.add_tensor(g, np.ascontiguousarray(flat[n].T) if t else flat[n])
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    with pytest.raises(NanoError, match=r"config\.json: rope scaling factor 0 \(field rope_scaling\.factor\) must be positive"):
+        hf_config({"model_type": "gemma3_text", "rope_scaling": {"rope_type": "linear", "factor": 0}}, source="config.json")
+    # GGUF: another scaling type, a factor on gemma2 (llama.cpp would scale every layer), or <= 0.
+    g2 = dataclasses.replace(get_preset("tiny"), name="tiny_g2", attn_pattern=2, qk_norm=False)
+    for config, kind, factor, message in [
+            (g2, "LINEAR", 8.0, r"rope scaling factor 8\.0 \(field gemma2\.rope\.scaling\.factor\) is not supported; Nano scales gemma3's global layers"),
+            (get_preset("tiny"), "LINEAR", -1.0, r"rope scaling factor -1\.0 \(field gemma3\.rope\.scaling\.factor\) is not supported")]:
+        path = _gguf_with_rope(tmp_path / f"{config.name}{factor}.gguf", config, kind, factor, tiny_tokenizer)
+        with pytest.raises(NanoError, match=re.escape(str(path)) + ": " + message):
+            read_gguf(path)
+    # One line from the CLI, no --out left behind.
+    _gguf_with_rope(tmp_path / "yarn.gguf", get_preset("tiny"), "YARN", 8.0, tiny_tokenizer)
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["convert", str(tmp_path / "yarn.gguf"), "--out", str(out)])
     assert result.exit_code == 1, result.output
@@ -196,6 +191,26 @@ def test_unsupported_rope_scaling_is_refused(tmp_path, tiny_tokenizer):
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output
     assert "rope scaling type 'yarn' (field gemma3.rope.scaling.type) is not supported" in " ".join(result.output.split())
     assert not out.exists()
+
+
+def _gguf_with_rope(path: Path, config, kind: str, factor: float, tokenizer) -> Path:
+    import gguf
+
+    from nano.gguf_io import add_model_metadata, gguf_name_map
+
+    flat = flat_params(_random_model(config))
+    w = gguf.GGUFWriter(path, arch=config.family)
+    add_model_metadata(w, config)
+    w.add_rope_scaling_type(gguf.RopeScalingType[kind])
+    w.add_rope_scaling_factor(factor)
+    tokenizer.write_gguf(w)
+    for g, (n, t) in gguf_name_map(config).items():
+        w.add_tensor(g, np.ascontiguousarray(flat[n].T) if t else flat[n])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
 
 
 def test_vision_only_checkpoint_is_refused(tmp_path, tiny_tokenizer):
@@ -218,4 +233,7 @@ def test_gguf_export_refuses_what_llama_cpp_cannot_express(tmp_path, tiny_tokeni
     g2 = dataclasses.replace(model.config, name="g2", qk_norm=False, attn_pattern=2, rope_global_scale=8.0)
     with pytest.raises(NanoError, match=r"model 'g2': rope_global_scale 8 on gemma2 \(no qk_norm\): llama\.cpp would scale every layer"):
         write_gguf(tmp_path / "g2.gguf", {}, g2, tiny_tokenizer)
+    deep = dataclasses.replace(model.config, name="deep", num_layers=62, query_pre_attn_scalar=None)
+    with pytest.raises(NanoError, match=r"model 'deep': query_pre_attn_scalar 32 has no GGUF field; llama\.cpp's gemma3 with 62 layers scales queries by 16\*\*-0\.5"):
+        write_gguf(tmp_path / "d.gguf", {}, dataclasses.replace(deep, head_dim=32), tiny_tokenizer)
     assert not list(tmp_path.iterdir())
