@@ -226,13 +226,13 @@ def test_distill_init_starts_from_a_checkpoint(tiny_ckpt, tiny_data, tmp_path, t
 def test_distill_init_refuses_another_vocabulary_or_tokenizer(tiny_ckpt, tiny_data, tmp_path):
     from tests.conftest import make_tiny_tokenizer
 
-    other_vocab = save_checkpoint(tmp_path / "v", Transformer(dataclasses.replace(TINY, vocab_size=256), rngs=nnx.Rngs(1)),
-                                  tokenizer=make_tiny_tokenizer(256))
+    other_vocab = save_checkpoint(tmp_path / "v", Transformer(dataclasses.replace(TINY, vocab_size=300), rngs=nnx.Rngs(1)),
+                                  tokenizer=make_tiny_tokenizer(300))
     other_tok = save_checkpoint(tmp_path / "t", Transformer(TINY, rngs=nnx.Rngs(1)))  # no tokenizer
     runner = CliRunner()
     base = ["distill", "--teacher", str(tiny_ckpt), "--data", str(tiny_data), "--seq-len", "16", "--batch-size", "2",
             "--tokens", "32"]
-    for init, message in [(other_vocab, "its vocabulary has 256 tokens but the teacher's tokenizer has 512"),
+    for init, message in [(other_vocab, "its vocabulary has 300 tokens but the teacher's tokenizer has 512"),
                           (other_tok, "its tokenizer (none) differs from the teacher's")]:
         out = tmp_path / f"run-{init.name}"
         result = runner.invoke(app, [*base, "--init", str(init), "--out", str(out)])
