@@ -31,7 +31,8 @@ COMPUTE_DTYPES = ("auto", "bfloat16", "float32")
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    student: str = "student_20m"  # preset name
+    student: str = "student_20m"  # preset name (ignored when `init` is set)
+    init: str | None = None  # checkpoint the student starts from (e.g. `nano prune`'s); its shapes replace `student`
     teacher: str | None = "gemma3-270m"  # checkpoint dir or shortcut; None: cross-entropy on the data only
     data: str | None = None  # prepared data dir; None: the default preparation for the tokenizer
     tokens: int = 200_000  # training tokens (steps = tokens / (batch_size * seq_len))
@@ -207,8 +208,12 @@ class Trainer:
         self.cfg, self.out, self.eval_windows, self.cache = cfg, Path(out), eval_windows, cache
         self.labels, self.inputs = rows, row_inputs(rows, bos_id)
         self.mesh = _mesh(cfg)
-        config = get_preset(cfg.student)
-        student = Transformer(config, rngs=nnx.Rngs(cfg.seed), dtype=cfg.compute_jnp_dtype)
+        if cfg.init:
+            student = load_checkpoint(cfg.init, dtype=cfg.compute_jnp_dtype, param_dtype=jnp.float32)
+            config = student.config
+        else:
+            config = get_preset(cfg.student)
+            student = Transformer(config, rngs=nnx.Rngs(cfg.seed), dtype=cfg.compute_jnp_dtype)
         self.graphdef, params = nnx.split(student, nnx.Param)
         teacher_graphdef, teacher_params = _teacher(cfg, teacher_ckpt, config.vocab_size)
         _check_cache_vocab(cfg, cache, config.vocab_size)
@@ -318,13 +323,34 @@ def _teacher(cfg: TrainConfig, teacher_ckpt: Path | None, vocab_size: int) -> tu
         return None, {}
     teacher = load_checkpoint(teacher_ckpt, dtype=cfg.compute_jnp_dtype)
     if teacher.config.vocab_size != vocab_size:
-        raise NanoError(f"teacher {teacher_ckpt} has a {teacher.config.vocab_size:,}-token vocabulary but student preset {cfg.student!r} has {vocab_size:,}; pick a student with the teacher's vocabulary")
+        raise NanoError(f"teacher {teacher_ckpt} has a {teacher.config.vocab_size:,}-token vocabulary but student {_student_name(cfg)} has {vocab_size:,}; pick a student with the teacher's vocabulary")
     return nnx.split(teacher, nnx.Param)
+
+
+def _student_name(cfg: TrainConfig) -> str:
+    return f"checkpoint {cfg.init}" if cfg.init else f"preset {cfg.student!r}"
+
+
+def _check_init(cfg: TrainConfig, tokenizer) -> None:
+    """The --init checkpoint must use the teacher's tokenizer (hence its vocabulary)."""
+    if not cfg.init:
+        return
+    from nano.checkpoint import load_config
+
+    init = Path(cfg.init)
+    config = load_config(init)  # a NanoError if it is not a checkpoint
+    if config.vocab_size < tokenizer.vocab_size:
+        raise NanoError(f"--init {init}: its vocabulary has {config.vocab_size:,} tokens but the teacher's tokenizer has {tokenizer.vocab_size:,}; start from a checkpoint with the teacher's vocabulary")
+    sha = load_meta(init).get("tokenizer_sha256")
+    if sha is None and (init / "tokenizer.model").is_file():
+        sha = load_tokenizer(init).sha256
+    if sha != tokenizer.sha256:
+        raise NanoError(f"--init {init}: its tokenizer ({sha or 'none'}) differs from the teacher's ({tokenizer.sha256}); start from a checkpoint made with the teacher's tokenizer")
 
 
 def _check_cache_vocab(cfg: TrainConfig, cache, vocab_size: int) -> None:
     if cache is not None and cache.manifest["vocab_size"] != vocab_size:
-        raise NanoError(f"{cache.path}: teacher cache has a {cache.manifest['vocab_size']:,}-token vocabulary but student preset {cfg.student!r} has {vocab_size:,}")
+        raise NanoError(f"{cache.path}: teacher cache has a {cache.manifest['vocab_size']:,}-token vocabulary but student {_student_name(cfg)} has {vocab_size:,}")
 
 
 def _place(tree: Any, mesh: Mesh) -> tuple[Any, Any]:
@@ -454,6 +480,7 @@ def start_run(cfg: TrainConfig, out: str | Path, *, resume: bool = False) -> Run
         tok_source = teacher_ckpt or resolve_teacher("gemma3-270m")
         tokenizer = load_tokenizer(tok_source)
         data_dir = Path(cfg.data) if cfg.data else prepare_default(tokenizer)
+    _check_init(cfg, tokenizer)
     train = TokenSplit.open(data_dir, "train")
     train.check_tokenizer(load_meta(tok_source).get("tokenizer_sha256", tokenizer.sha256))
     rows = training_rows(train.tokens, cfg.seq_len)

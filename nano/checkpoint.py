@@ -65,9 +65,13 @@ def model_from_flat(config: ModelConfig, flat: Mapping[str, np.ndarray], *, sour
 
 
 def save_checkpoint(out: str | Path, model: Transformer, *, tokenizer=None,
-                    meta: Mapping[str, Any] | None = None, overwrite: bool = False) -> Path:
+                    meta: Mapping[str, Any] | None = None, overwrite: bool = False,
+                    extra_json: Mapping[str, Any] | None = None) -> Path:
+    """`extra_json`: file name -> data, written as JSON in the same atomic directory."""
     out = Path(out)
     with atomic_dir(out, overwrite=overwrite) as tmp:
+        for name, data in (extra_json or {}).items():
+            (tmp / name).write_text(json.dumps(data, indent=2, default=str) + "\n")
         save_file(flat_params(model), str(tmp / WEIGHTS))
         (tmp / CONFIG).write_text(model.config.to_json() + "\n")
         info = {"nano_version": __version__,

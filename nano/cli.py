@@ -289,6 +289,60 @@ def quantize(
     console.print(f"wrote {out}")
 
 
+@app.command()
+@_friendly
+def prune(
+    ckpt: Annotated[str, typer.Argument(help="Float checkpoint directory or `gemma3-270m` (never modified).")],
+    out: Annotated[Path, typer.Option(help="Output directory for the pruned float checkpoint (+ prune.json).")],
+    d_model: Annotated[Optional[int], typer.Option(help="Embedding channels to keep.")] = None,
+    ffn: Annotated[Optional[int], typer.Option(help="FFN neurons to keep per layer.")] = None,
+    heads: Annotated[Optional[int], typer.Option(help="Query heads to keep per layer (a multiple of the KV heads).")] = None,
+    layers: Annotated[Optional[int], typer.Option(help="Blocks to keep (chosen greedily by calibration NLL).")] = None,
+    drop_layers: Annotated[Optional[str], typer.Option(help="Comma-separated blocks to remove instead of choosing them, e.g. 6,12,13.")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="Take d/ffn/heads/layers from a preset with the source's head_dim, KV heads and vocab.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Prepared data dir (default: the Debian docs for the checkpoint's tokenizer).")] = None,
+    calib_rows: Annotated[int, typer.Option(help="Calibration rows (train split).")] = 8,
+    calib_len: Annotated[int, typer.Option(help="Tokens per calibration row.")] = 256,
+    eval_windows: Annotated[int, typer.Option(help="Held-out windows (x512) scored before and after; 0 = skip.")] = 8,
+    refit: Annotated[bool, typer.Option(help="Least-squares refit of o/down on calibration moments after pruning heads/neurons.")] = True,
+    norm_correction: Annotated[bool, typer.Option(help="Rescale norm gains for the energy of dropped channels (--d-model).")] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
+) -> None:
+    """Prune blocks, query heads, FFN neurons and embedding channels by activation importance."""
+    from distill.prune import PruneTargets, prune_checkpoint
+    from nano.checkpoint import load_config, load_tokenizer
+    from nano.data.prepare import prepare_default
+
+    path = _checkpoint(ckpt)
+    if preset is not None:
+        targets = PruneTargets.from_preset(preset, load_config(path))
+    else:
+        drop = None
+        if drop_layers is not None:
+            try:
+                drop = tuple(int(x) for x in drop_layers.split(",") if x.strip())
+            except ValueError:
+                raise NanoError(f"--drop-layers {drop_layers!r}: give comma-separated layer numbers, e.g. 6,12,13") from None
+        targets = PruneTargets(d_model=d_model, ffn_dim=ffn, num_heads=heads, num_layers=layers, drop_layers=drop)
+    if data is None:
+        with progress_bar() as report:
+            data = prepare_default(load_tokenizer(path), progress=report)
+    with progress_bar() as report:
+        doc = prune_checkpoint(path, out, targets=targets, data=data, calib_rows=calib_rows, calib_len=calib_len,
+                               eval_windows_n=eval_windows, refit=refit, norm_correction=norm_correction,
+                               overwrite=overwrite, progress=report)
+    t, h = doc["targets"], doc["heldout"]
+    table = Table("d_model", "ffn", "heads", "layers", "params", "held-out ppl before", "after")
+    fmt = lambda v: "-" if v is None else f"{v:,.2f}"
+    table.add_row(str(t["d_model"]), str(t["ffn_dim"]), str(t["num_heads"]), str(t["num_layers"]),
+                  f"{doc['params']['before'] / 1e6:,.1f}M -> {doc['params']['after'] / 1e6:,.1f}M",
+                  fmt(h["ppl_before"]), fmt(h["ppl_after"]))
+    console.print(table)
+    if "blocks" in doc:
+        console.print(f"removed blocks {doc['blocks']['removed']}; global layers now {doc['blocks']['global_layers']}")
+    console.print(f"wrote {out}")
+
+
 def _print_quant_report(summary: dict) -> None:
     table = Table("tensor", "method", "bits/weight", "weight rel err", "output rel err")
     for name, row in summary["report"].items():
@@ -396,6 +450,7 @@ def distill_cmd(
     out: Annotated[Optional[Path], typer.Option(help="Run directory (checkpoints, metrics, final student).")] = None,
     teacher: Annotated[Optional[str], typer.Option(help="`gemma3-270m`, a checkpoint dir, a teacher cache (`nano distill cache-teacher`), or `none` for plain cross-entropy.")] = None,
     student: Annotated[Optional[str], typer.Option(help="Student preset (see `nano presets`).")] = None,
+    init: Annotated[Optional[str], typer.Option(help="Start the student from this checkpoint (e.g. `nano prune`'s) instead of a random preset.")] = None,
     data: Annotated[Optional[str], typer.Option(help="Prepared data dir (default: the Debian docs for the teacher's tokenizer).")] = None,
     tokens: Annotated[Optional[int], typer.Option(help="Training tokens.")] = None,
     config: Annotated[Optional[Path], typer.Option(help="JSON file with any TrainConfig fields; options given here override it.")] = None,
@@ -418,7 +473,9 @@ def distill_cmd(
         raise NanoError("missing --out: the run directory for checkpoints, metrics and the final student")
     from distill.train import TrainConfig, start_run
 
-    options = dict(teacher=teacher, student=student, data=data, tokens=tokens, seq_len=seq_len,
+    if init is not None and student is not None:
+        raise NanoError("give --student (a random preset) or --init (a checkpoint to start from), not both")
+    options = dict(teacher=teacher, student=student, init=init, data=data, tokens=tokens, seq_len=seq_len,
                    batch_size=batch_size, grad_accum=grad_accum, lr=lr, loss=loss, temperature=temperature,
                    alpha=alpha, beta=beta, seed=seed, compute_dtype=compute_dtype)
     given = {k: v for k, v in options.items() if v is not None}  # what the command line sets

@@ -46,6 +46,9 @@ class ModelConfig:
     qk_norm: bool = False  # Gemma 3: RMSNorm on queries and keys (per head)
     norm_eps: float = 1e-6
     max_seq_len: int = 8192  # default KV-cache length
+    # Explicit global layers (e.g. after `nano prune` removed blocks, each keeps its type);
+    # None: every `attn_pattern`-th layer.
+    global_layers: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         checks = {
@@ -60,17 +63,27 @@ class ModelConfig:
             "attn_pattern": self.attn_pattern > 0,
             "rope_global_scale": self.rope_global_scale > 0,
             "query_pre_attn_scalar": self.query_pre_attn_scalar is None or self.query_pre_attn_scalar > 0,
+            "global_layers": self.global_layers is None or (
+                list(self.global_layers) == sorted(set(self.global_layers))
+                and all(0 <= i < self.num_layers for i in self.global_layers)),
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
-            raise NanoError(f"model config {self.name!r}: invalid {', '.join(bad)} (heads must be a multiple of kv heads, head_dim even, sizes positive)")
+            raise NanoError(f"model config {self.name!r}: invalid {', '.join(bad)} (heads must be a multiple of kv heads, head_dim even, sizes positive, global_layers sorted layer indices)")
 
     @property
     def attn_scale(self) -> float:
         return (self.query_pre_attn_scalar or self.head_dim) ** -0.5
 
     def is_global(self, layer: int) -> bool:
+        if self.global_layers is not None:
+            return layer in self.global_layers
         return (layer + 1) % self.attn_pattern == 0
+
+    @property
+    def regular_pattern(self) -> bool:
+        """Whether the layer types follow `attn_pattern` (what llama.cpp and HF configs assume)."""
+        return all(self.is_global(i) == ((i + 1) % self.attn_pattern == 0) for i in range(self.num_layers))
 
     @property
     def family(self) -> str:
@@ -85,6 +98,8 @@ class ModelConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise NanoError(f"{source}: unknown model config field(s) {unknown}; valid fields: {sorted(names)}")
+        if isinstance(data.get("global_layers"), list):
+            data = {**data, "global_layers": tuple(data["global_layers"])}
         try:
             return cls(**data)
         except TypeError as e:  # a required field is missing

@@ -144,7 +144,11 @@ def hf_config(data: dict[str, Any], *, source: str) -> ModelConfig:
         qk_norm=gemma3, norm_eps=float(data.get("rms_norm_eps", 1e-6)),
         max_seq_len=data.get("max_position_embeddings", 8192),
     )
-    return ModelConfig(name=match_preset(cfg, default=f"{kind}_custom"), **cfg)
+    config = ModelConfig(name=match_preset(cfg, default=f"{kind}_custom"), **cfg)
+    if layer_types and any(config.is_global(i) != (t == "full_attention") for i, t in enumerate(layer_types)):
+        glob = tuple(i for i, t in enumerate(layer_types) if t == "full_attention")
+        config = ModelConfig(name=f"{kind}_custom", **{**cfg, "global_layers": glob})
+    return config
 
 
 def _hf_rope_scale(scaling: dict[str, Any] | None, *, source: str, field: str = "rope_scaling") -> float:
@@ -254,6 +258,9 @@ def write_hf_safetensors(params: dict[str, np.ndarray], config: ModelConfig, out
               "query_pre_attn_scalar": c.query_pre_attn_scalar, "attn_logit_softcapping": c.attn_softcap,
               "final_logit_softcapping": c.final_softcap, "rms_norm_eps": c.norm_eps,
               "max_position_embeddings": c.max_seq_len}
+        if not c.regular_pattern:  # transformers' per-layer form
+            hf["layer_types"] = ["full_attention" if c.is_global(i) else "sliding_attention"
+                                 for i in range(c.num_layers)]
         (tmp / "config.json").write_text(json.dumps(hf, indent=2))
     return out
 

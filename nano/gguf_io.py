@@ -204,8 +204,8 @@ def write_gguf(path: str | Path, params: dict[str, np.ndarray], config: ModelCon
         if t not in WEIGHT_TYPES:
             raise NanoError(f"unsupported GGUF weight type {t!r}; choose one of {', '.join(WEIGHT_TYPES)}")
     default_pattern = 6 if config.family == "gemma3" else 2
-    if config.attn_pattern != default_pattern:
-        raise NanoError(f"model {config.name!r}: llama.cpp's {config.family} assumes a local/global pattern of {default_pattern}, not {config.attn_pattern}")
+    if config.attn_pattern != default_pattern or not config.regular_pattern:
+        raise NanoError(f"model {config.name!r}: llama.cpp's {config.family} assumes a local/global pattern of {default_pattern}, not {config.attn_pattern}" + ("" if config.regular_pattern else f" with global layers {list(config.global_layers or ())}"))
     arch = config.family
     llama_scalar = config.d_model / config.num_heads if _llama_cpp_scales_by_width(arch, config.num_layers) else config.head_dim
     if (config.query_pre_attn_scalar or config.head_dim) != llama_scalar:

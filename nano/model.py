@@ -31,7 +31,9 @@ _MASKED = -1e30  # finite, so a fully masked row can never produce NaN
 
 # Optional observer of the inputs of a block's linear layers, called as tap(site, x) with site
 # "qkv" (input of q, k, v), "o", "gate_up" (input of gate and up) or "down": how calibration
-# (quantize/calibrate.py) sees activations without a second copy of the forward pass.
+# (quantize/calibrate.py) sees activations without a second copy of the forward pass. The inputs
+# of the block's four norms are tapped too, for pruning (distill/prune): "resid" (pre-attention
+# norm), "attn_out" (post-attention), "resid_mid" (pre-MLP) and "mlp_out" (post-MLP).
 Tap = Callable[[str, jax.Array], None]
 
 
@@ -223,15 +225,24 @@ class Block(nnx.Module):
         self.post_mlp_norm = RMSNorm(config.d_model, **norm)
 
     def __call__(self, x, positions, cache, start, tap: Tap | None = None, context: int | None = None):
+        if tap:
+            tap("resid", x)
         a = self.pre_attn_norm(x)
         if tap:
             tap("qkv", a)
         h, cache = self.attn(a, positions, cache, start, tap, context)
+        if tap:
+            tap("attn_out", h)
         x = x + self.post_attn_norm(h)
+        if tap:
+            tap("resid_mid", x)
         m = self.pre_mlp_norm(x)
         if tap:
             tap("gate_up", m)
-        x = x + self.post_mlp_norm(self.mlp(m, tap))
+        f = self.mlp(m, tap)
+        if tap:
+            tap("mlp_out", f)
+        x = x + self.post_mlp_norm(f)
         return x, cache
 
 

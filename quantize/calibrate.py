@@ -32,7 +32,7 @@ def _moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
 def _block_moments(block: Block, x: jax.Array) -> dict[str, tuple[jax.Array, jax.Array]]:
     taps: dict[str, jax.Array] = {}
     block(x, jnp.arange(x.shape[1], dtype=jnp.int32), None, 0, tap=taps.__setitem__)
-    return {site: _moments(v) for site, v in taps.items()}
+    return {site: _moments(v) for site, v in taps.items() if site in SITE_OF.values()}
 
 
 @nnx.jit
