@@ -240,3 +240,14 @@ def test_distill_init_refuses_another_vocabulary_or_tokenizer(tiny_ckpt, tiny_da
         assert not out.exists()
     both = runner.invoke(app, [*base, "--init", str(other_tok), "--student", "tiny", "--out", str(tmp_path / "b")])
     assert both.exit_code == 1 and "not both" in both.output
+
+
+def test_irregular_layer_types_survive_the_hugging_face_round_trip(tmp_path, tiny_tokenizer):
+    from nano.convert import convert, write_hf_safetensors
+
+    config = dataclasses.replace(TINY, global_layers=(1,))  # not every k-th layer: explicit
+    hf = write_hf_safetensors(flat_params(Transformer(config, rngs=nnx.Rngs(0))), config, tmp_path / "hf")
+    assert json.loads((hf / "config.json").read_text())["layer_types"][:3] == ["sliding_attention", "full_attention", "sliding_attention"]
+    tiny_tokenizer.save(hf / "tokenizer.model")
+    back = load_config(convert(hf, tmp_path / "ckpt"))
+    assert back.global_layers == (1,) and [back.is_global(i) for i in range(6)] == [False, True] + [False] * 4
