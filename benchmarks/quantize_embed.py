@@ -74,16 +74,9 @@ def gptq_layers(ckpt: Path, calib: np.ndarray, cache: Path) -> dict:
     return json.loads((cache / "done.json").read_text())
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--windows", type=int, default=40)
-    ap.add_argument("--calib-rows", type=int, default=128)
-    ap.add_argument("--rows", default=",".join(ROWS))
-    ap.add_argument("--q4-0", type=float, default=26.788, help="llama.cpp pure Q4_0 perplexity on these windows")
-    ap.add_argument("--json", type=Path, default=result_path("quantize_embed"))
-    args = ap.parse_args()
-
-    from benchmarks.heldout import teacher_heldout
+def solve_rows(names: list[str], rows: dict, done, teacher: Path, cache: Path, windows: np.ndarray,
+               q4: float) -> None:
+    """Quantize the embedding as each row says, on the cached layers, and score it."""
     from nano.checkpoint import load_checkpoint, load_config, model_from_flat
     from nano.eval import evaluate
     from nano.qcheckpoint import tensor_bytes
@@ -91,36 +84,11 @@ def main() -> None:
     from quantize.gptq import GPTQ
     from quantize.int4 import quantize
     from quantize.mse import quantize_mse
-    from quantize.run import calibration_tokens
     from quantize.stats import InputStats
 
-    names = args.rows.split(",")
-    unknown = [n for n in names if n not in ROWS]
-    if unknown:
-        raise SystemExit(f"error: unknown row {unknown[0]!r}; use {', '.join(ROWS)}")
-    held = teacher_heldout(args.windows)
-    windows = held.windows
-    calib, calib_info = calibration_tokens(held.data, held.tokenizer, rows=args.calib_rows, length=512)
-    workdir = work_dir("quantize_embed")
-    cache = workdir / f"layers-{_key(calib, extra=str(held.teacher))}"
-    pressure = cpu_pressure()
-    layers = gptq_layers(held.teacher, calib, cache)
-
-    rows_path = workdir / f"rows-{_key(windows, calib, extra=str(held.teacher))}.json"
-    rows: dict = json.loads(rows_path.read_text()) if rows_path.is_file() else {}
-
-    def done(name: str, row: dict) -> None:
-        rows[name] = row
-        rows_path.write_text(json.dumps(rows, indent=1))
-        print(f"  {name}: {json.dumps(row)}", flush=True)
-
-    float_model = load_checkpoint(held.teacher)
-    if "float32" not in rows:
-        done("float32", {"perplexity": evaluate(float_model, windows).perplexity, "bits_per_weight": 32.0})
-    femb = np.asarray(float_model.embed[...], np.float32).copy()
-    del float_model
+    femb = np.asarray(load_checkpoint(teacher).embed[...], np.float32).copy()
     flat = dict(np.load(cache / "qmodel.npz"))
-    model = model_from_flat(load_config(held.teacher), flat, source=str(cache))
+    model = model_from_flat(load_config(teacher), flat, source=str(cache))
     hs = np.load(cache / "head_stats.npz")
     head = InputStats(femb.shape[1])
     head.add_moments(hs["gram"], hs["abs_sum"], int(hs["n"]))
@@ -148,7 +116,6 @@ def main() -> None:
         wh = dequantize(qt)
         model.embed[...] = jnp.asarray(wh.T)
         bpw = 8 * (float_bytes + linear_bytes + tensor_bytes("embed", qt)) / n_params
-        q4 = args.q4_0
         ppl = evaluate(model, windows).perplexity
         done(name, {"perplexity": ppl, "bits_per_weight": bpw,
                     "embed_bits_per_weight": 8 * tensor_bytes("embed", qt) / qt.q.size,
@@ -157,6 +124,48 @@ def main() -> None:
                     "head_output_rel_err": head.output_error(femb.T, wh),
                     "gap_closed": (q4 - ppl) / (q4 - rows["float32"]["perplexity"]),
                     "embed_seconds": round(seconds, 1)})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--windows", type=int, default=40)
+    ap.add_argument("--calib-rows", type=int, default=128)
+    ap.add_argument("--rows", default=",".join(ROWS))
+    ap.add_argument("--q4-0", type=float, default=26.788, help="llama.cpp pure Q4_0 perplexity on these windows")
+    ap.add_argument("--json", type=Path, default=result_path("quantize_embed"))
+    args = ap.parse_args()
+
+    from benchmarks.heldout import teacher_heldout
+    from nano.checkpoint import load_checkpoint
+    from nano.eval import evaluate
+    from quantize.run import calibration_tokens
+
+    names = args.rows.split(",")
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        raise SystemExit(f"error: unknown row {unknown[0]!r}; use {', '.join(ROWS)}")
+    held = teacher_heldout(args.windows)
+    windows = held.windows
+    calib, calib_info = calibration_tokens(held.data, held.tokenizer, rows=args.calib_rows, length=512)
+    workdir = work_dir("quantize_embed")
+    cache = workdir / f"layers-{_key(calib, extra=str(held.teacher))}"
+    pressure = cpu_pressure()
+    layers = gptq_layers(held.teacher, calib, cache)
+
+    rows_path = workdir / f"rows-{_key(windows, calib, extra=str(held.teacher))}.json"
+    rows: dict = json.loads(rows_path.read_text()) if rows_path.is_file() else {}
+
+    def done(name: str, row: dict) -> None:
+        rows[name] = row
+        rows_path.write_text(json.dumps(rows, indent=1))
+        print(f"  {name}: {json.dumps(row)}", flush=True)
+
+    if "float32" not in rows:
+        done("float32", {"perplexity": evaluate(load_checkpoint(held.teacher), windows).perplexity,
+                         "bits_per_weight": 32.0})
+    names = [n for n in names if n not in rows]
+    if names:  # finished rows are cached: a killed run resumes, a finished one only writes the table
+        solve_rows(names, rows, done, held.teacher, cache, windows, args.q4_0)
     print(f"\n{len(windows)} SQLite held-out windows x 512; calibration {calib_info['rows']} x 512 Python-docs "
           f"tokens; layers: int4 g32 GPTQ ({layers['quantize_seconds']:.0f} s); llama.cpp pure Q4_0 {args.q4_0}")
     print(f"{'embedding':<24}{'perplexity':>11}{'bits/weight':>13}{'gap closed':>12}{'weight err':>12}{'head err':>10}")
