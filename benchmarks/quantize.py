@@ -7,7 +7,8 @@ For the imported Gemma 3 270M (its float weights) and a distilled student (defau
 
   nano          float32, then int4 group-32 symmetric linear layers by each method (rtn, mse,
                 gptq, awq; calibration 128 x 512 Python-docs tokens) with the embedding int8
-                per row, and GPTQ with the embedding int4 too (every tensor 4-bit)
+                per row, and GPTQ with the embedding int4 too (every tensor 4-bit): by MSE
+                clipping, and GPTQ'd as the LM head (`--embed int4`)
   llama.cpp     the F32 GGUF of the same weights, its Q4_0 (pure: every tensor), Q4_0 with a
                 Q8_0 embedding, and Q4_K_M -- all made by llama.cpp's own quantizer
 
@@ -28,6 +29,7 @@ import numpy as np
 
 from benchmarks.harness.core import cpu_pressure
 from benchmarks.workspace import result_path, work_dir, write_result
+from quantize.recipe import EMBED_INT4
 
 
 NANO_ROWS = [  # (label, method, embed spec)
@@ -36,9 +38,11 @@ NANO_ROWS = [  # (label, method, embed spec)
     ("nano rtn", "rtn", "int8"),
     ("nano mse", "mse", "int8"),
     ("nano gptq, embed int4 mse", "gptq", "int4-mse"),
+    ("nano gptq, embed int4 gptq (as LM head)", "gptq", "int4"),
 ]
 EMBED = {"int8": {"method": "rtn", "bits": 8, "group": None},
-         "int4-mse": {"method": "mse", "bits": 4, "group": 32}}
+         "int4-mse": {"method": "mse", "bits": 4, "group": 32},
+         "int4": EMBED_INT4}  # `--embed int4`
 LLAMA_ROWS = [  # (label, ftype, embed type, pure, embed bits class)
     ("llama.cpp Q4_0 (pure)", "Q4_0", None, True),
     ("llama.cpp Q4_0, embed Q8_0", "Q4_0", "Q8_0", False),

@@ -125,7 +125,34 @@ def render_ring_parity(results: list[dict]) -> str:
                       f"| {r['max_abs_top_logit_difference']:.1e} | {r['distinct_picks']} |"])
 
 
+def render_quantize_embed(results: list[dict]) -> str:
+    """benchmarks/quantize_embed.py: every tensor 4-bit, the tied embedding by each method."""
+    (r,) = results
+    rows = r["rows"]
+    lines = [source_line(r["provenance"]), "",
+             "| embedding (linear layers: int4 g32 GPTQ) | held-out ppl | bits/weight (all tensors) "
+             "| gap closed vs pure Q4_0 | embedding weight error | LM-head output error |",
+             "|---|---|---|---|---|---|",
+             f"| float32 (no quantization) | {rows['float32']['perplexity']:.3f} | 32 | | | |",
+             f"| llama.cpp Q4_0, every tensor | {r['q4_0_pure_perplexity']:.3f} | 4.506 | | | |"]
+    for name, row in rows.items():
+        if name == "float32":
+            continue
+        group = "per row" if row["group"] is None else f"g{row['group']}"
+        how = {"rtn": "round-to-nearest", "mse": "MSE clipping", "gptq": "GPTQ as the LM head"}[row["method"]]
+        if row["method"] == "gptq":
+            how += f", damp {row['damp']}" + ("" if row["act_order"] else ", no act-order")
+        lines.append(f"| int4 {group}, {how} | {row['perplexity']:.3f} | {row['bits_per_weight']:.3f} "
+                     f"| {100 * row['gap_closed']:.1f}% | {row['weight_rel_err']:.4f} "
+                     f"| {row['head_output_rel_err']:.4f} |")
+    lines += ["", f"({r['windows']} SQLite held-out windows × 512; calibration {r['calibration']['rows']} × "
+                  f"{r['calibration']['length']} Python-docs tokens; the pure-Q4_0 perplexity is "
+                  "`benchmarks/quantize.py`'s llama.cpp figure on the same windows.)"]
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[list[dict]], str]] = {"export_bench": render_export_bench,
+                                                      "quantize_embed": render_quantize_embed,
                                                       "nano1_plan": render_nano1_plan,
                                                       "long_context": render_long_context,
                                                       "ring_parity": render_ring_parity}

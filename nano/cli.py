@@ -241,7 +241,7 @@ def quantize(
     bits: Annotated[Optional[int], typer.Option(help="4 or 8 (default 4).")] = None,
     group: Annotated[Optional[int], typer.Option(help="Weights per scale along the input (32/64/128); 0 = per channel.")] = None,
     asymmetric: Annotated[bool, typer.Option(help="Zero points (asymmetric) instead of symmetric codes.")] = False,
-    embed: Annotated[Optional[str], typer.Option(help="Tied embedding / LM head: int8 (default), int4 or float.")] = None,
+    embed: Annotated[Optional[str], typer.Option(help="Tied embedding / LM head: int8 (default, per row), int4 (GPTQ as the LM head on its calibration inputs, group 32), int4-mse (no calibration) or float.")] = None,
     recipe: Annotated[Optional[Path], typer.Option(help="JSON recipe with per-tensor overrides (see quantize/recipe.py); options here override it.")] = None,
     calib: Annotated[Optional[str], typer.Option(help="Calibration text: a prepared data dir (train split), a text file, a folder, or a .jsonl (default: the prepared Python docs).")] = None,
     calib_rows: Annotated[int, typer.Option(help="Calibration rows.")] = 128,
@@ -253,7 +253,7 @@ def quantize(
     from nano.checkpoint import expected_shapes, load_config, load_tokenizer
     from nano.data.prepare import prepare_default
     from nano.data.shards import TokenSplit, eval_windows as windows_of
-    from quantize.recipe import Recipe
+    from quantize.recipe import EMBED_INT4, Recipe
     from quantize.run import quantize_checkpoint
 
     path = _checkpoint(ckpt)
@@ -265,9 +265,10 @@ def quantize(
     rec = Recipe.from_file(recipe, **given) if recipe is not None else Recipe.from_dict(given, source="options")
     if embed is not None:
         specs = {"int8": {"method": "rtn", "bits": 8, "group": None},
-                 "int4": {"method": "mse", "bits": 4, "group": rec.default.group or 32}, "float": None}
+                 "int4": dict(EMBED_INT4),
+                 "int4-mse": {"method": "mse", "bits": 4, "group": rec.default.group or 32}, "float": None}
         if embed not in specs:
-            raise NanoError(f"--embed {embed!r}: use int8, int4 or float")
+            raise NanoError(f"--embed {embed!r}: use int8, int4, int4-mse or float")
         import dataclasses
 
         rec = dataclasses.replace(rec, overrides=(*rec.overrides, ("embed", specs[embed])))

@@ -47,6 +47,7 @@ class QuantizedModel:
     report: dict[str, dict[str, Any]]  # per quantized tensor: method, errors, seconds
     seconds: float
     forward_seconds: float  # calibration forward passes (moments, block outputs)
+    head_stats: InputStats | None = None  # the LM head's input moments, when the embedding was GPTQ'd
 
 
 def _get(model: Transformer, name: str):
@@ -210,10 +211,12 @@ def quantize_model(model: Transformer, recipe: Recipe, calib: np.ndarray | None 
             forward += time.perf_counter() - t0
         report_progress("quantizing layers", i + 1, n_layers)
 
+    head = None
     if embed is not None and embed.method == "gptq":
         t0 = time.perf_counter()
-        finish("embed", embed, acts.head_stats(model), _matrix(model, "embed"), t0)
+        head = acts.head_stats(model)
+        finish("embed", embed, head, _matrix(model, "embed"), t0)
 
     floats = {name: np.asarray(leaf[...]) for name, leaf in _params(model) if name not in qtensors}
     return QuantizedModel(qtensors=qtensors, floats=floats, report=report,
-                          seconds=time.perf_counter() - start, forward_seconds=forward)
+                          seconds=time.perf_counter() - start, forward_seconds=forward, head_stats=head)

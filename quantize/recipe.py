@@ -25,6 +25,9 @@ from nano.params import is_matrix
 
 METHODS = ("rtn", "mse", "gptq", "awq")
 CALIBRATED = ("gptq", "awq")  # methods that need activations
+# `--embed int4`: the tied embedding at 4 bits, GPTQ'd as the LM head (its Hessian is the final-norm
+# hidden states' x^T x, see pipeline.py); group 32 so it is Q4_0 in a GGUF and blockwise int4 in LiteRT.
+EMBED_INT4 = {"method": "gptq", "bits": 4, "group": 32}
 NO_CALIBRATION = "gptq/awq need calibration text; pass --calib (a prepared data dir or text files)"
 
 

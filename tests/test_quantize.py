@@ -18,7 +18,7 @@ from nano.data.shards import TokenSplit, eval_windows
 from nano.errors import NanoError
 from nano.eval import evaluate
 from nano.generate import generate
-from nano.qcheckpoint import decode, encode, read_quantized
+from nano.qcheckpoint import decode, encode, read_quantized, tensor_bytes
 from nano.qtensor import dequantize
 from quantize.calibrate import Activations
 from quantize.int4 import quantize
@@ -256,3 +256,74 @@ def test_calibration_from_a_text_file(tiny_ckpt, tmp_path, tiny_tokenizer):
     text.write_text("the oat is at the inn.")
     with pytest.raises(NanoError, match="fewer than one 512-token row"):
         calibration_tokens(text, tiny_tokenizer, rows=2, length=512)
+
+
+# ---- the calibrated 4-bit embedding (GPTQ'd as the tied LM head) ----
+
+EMBED_ONLY = (("layers.*", None), ("embed", {"method": "gptq", "bits": 4, "group": 32}))
+
+
+def test_embed_gptq_with_identity_hessian_is_rtn(tiny_ckpt, tiny_data, tiny_tokenizer, monkeypatch):
+    """The embedding is solved as embed.T (in = d_model, out = vocab) with the head's Hessian; with
+    that Hessian exactly the identity (no damping, min-max scales) it is round-to-nearest bit for bit."""
+    from quantize.stats import InputStats
+
+    def identity(self, model):
+        st = InputStats(model.config.d_model)
+        st.add_moments(np.eye(st.width) * 5.0, np.ones(st.width), 10)  # H = 2 * gram / n = I
+        return st
+
+    monkeypatch.setattr(Activations, "head_stats", identity)
+    tokens, _ = calibration_tokens(tiny_data, tiny_tokenizer, rows=2, length=32)
+    model = load_checkpoint(tiny_ckpt)
+    embed = np.asarray(model.embed[...], np.float32).copy()
+    recipe = Recipe(default=TensorSpec(method="gptq", bits=4, group=32), overrides=EMBED_ONLY, damp=0.0,
+                    clip_steps=1)
+    got = quantize_model(model, recipe, tokens).qtensors["embed"]
+    want = quantize(embed.T, bits=4, group=32, scale_dtype=ml_dtypes.bfloat16)
+    np.testing.assert_array_equal(got.q, want.q)
+    np.testing.assert_array_equal(got.scale, want.scale)
+    np.testing.assert_array_equal(np.asarray(model.embed[...]), dequantize(want).T)  # both roles read it
+
+
+def test_embed_gptq_beats_mse_on_the_head_inputs(tiny_ckpt, tiny_data, tiny_tokenizer):
+    tokens, _ = calibration_tokens(tiny_data, tiny_tokenizer, rows=8, length=32)
+    float_model = load_checkpoint(tiny_ckpt)
+    acts = Activations(float_model, tokens)
+    for block in float_model.layers:
+        acts.advance(block)
+    head = acts.head_stats(float_model)  # the layers stay float here, so these are the head's inputs
+    embed = np.asarray(float_model.embed[...], np.float32).T
+    errs, reported = {}, {}
+    for method in ("mse", "gptq"):
+        recipe = Recipe(default=TensorSpec(method="gptq", bits=4, group=32),
+                        overrides=(("layers.*", None), ("embed", {"method": method, "bits": 4, "group": 32})))
+        result = quantize_model(load_checkpoint(tiny_ckpt), recipe, tokens)
+        errs[method] = head.output_error(embed, dequantize(result.qtensors["embed"]))
+        reported[method] = result.report["embed"]["output_rel_err"]
+    assert reported["mse"] is None  # uncalibrated: quantized first, before any activation exists
+    assert reported["gptq"] == pytest.approx(errs["gptq"], rel=1e-6)  # solved on exactly these moments
+    assert errs["gptq"] < 0.8 * errs["mse"], errs
+
+
+def test_cli_embed_int4_is_calibrated_and_bits_are_exact(tiny_ckpt, tiny_data, tmp_path):
+    out = tmp_path / "q"
+    result = runner.invoke(app, ["quantize", str(tiny_ckpt), "--out", str(out), "--method", "rtn",
+                                 "--calib", str(tiny_data), "--calib-rows", "4", "--calib-len", "32",
+                                 "--eval-windows", "0", "--embed", "int4"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "quantization.json").read_text())
+    assert manifest["tensors"]["embed"] == {**manifest["tensors"]["embed"], "bits": 4, "group": 32, "method": "gptq"}
+    assert manifest["calibration"] is not None  # rtn layers, but the embedding reads the head's inputs
+    floats, qtensors, _ = read_quantized(out)
+    n_float = sum(a.size for a in floats.values())
+    n_quant = sum(qt.q.size for qt in qtensors.values())
+    # every matrix int4 g32 with bf16 scales: 4 + 16/32 bits; norm gains float32
+    assert manifest["totals"]["bits_per_weight"] == (4.5 * n_quant + 32 * n_float) / (n_quant + n_float)
+    vocab, d = qtensors["embed"].q.shape[1], qtensors["embed"].q.shape[0]
+    assert 8 * tensor_bytes("embed", qtensors["embed"]) == 4.5 * vocab * d
+    mse = runner.invoke(app, ["quantize", str(tiny_ckpt), "--out", str(tmp_path / "m"), "--method", "rtn",
+                              "--eval-windows", "0", "--embed", "int4-mse"])
+    assert mse.exit_code == 0, mse.output
+    manifest = json.loads((tmp_path / "m" / "quantization.json").read_text())
+    assert manifest["tensors"]["embed"]["method"] == "mse" and manifest["calibration"] is None
