@@ -10,7 +10,7 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 export CMAKE_ARGS ?= -DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' -DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-DEMO_TOKENS ?= 16384# about 5 minutes on 2 cores (8 steps); benchmarks/distill_vs_ce.py trains longer
+DEMO_TOKENS ?= 8192# recovery of the pruned teacher: 8 steps of 4 x 256 tokens
 
 .PHONY: demo test venv clean
 
@@ -28,18 +28,18 @@ demo: $(STAMP)
 	$(BIN)/nano data prepare --tokenizer runs/gemma3-270m
 	$(BIN)/nano eval runs/gemma3-270m --data held-out --json runs/gemma3-270m-heldout.json
 	$(BIN)/nano generate runs/gemma3-270m --prompt "SQLite is" --max-tokens 48
-	$(BIN)/nano distill --teacher runs/gemma3-270m --student student_20m --tokens $(DEMO_TOKENS) \
-	    --out runs/distill-student_20m --resume
-	$(BIN)/nano eval runs/distill-student_20m/student --data held-out --json runs/distill-student_20m-heldout.json
-	$(BIN)/nano generate runs/distill-student_20m/student --prompt "SQLite is" --max-tokens 32
-	$(BIN)/nano export runs/distill-student_20m/student --out runs/student_20m.tflite --litertlm
-	$(BIN)/nano generate runs/student_20m.litertlm --prompt "SQLite is" --max-tokens 32  # LiteRT-LM: same text as above
-	$(BIN)/nano quantize runs/distill-student_20m/student --out runs/student_20m-int4 --method gptq --overwrite
-	$(BIN)/nano generate runs/student_20m-int4 --prompt "SQLite is" --max-tokens 32
-	$(BIN)/nano export runs/student_20m-int4 --out runs/student_20m-int4.tflite --litertlm
-	$(BIN)/nano generate runs/student_20m-int4.litertlm --prompt "SQLite is" --max-tokens 32
-	$(BIN)/nano export runs/student_20m-int4 --out runs/student_20m-int4.gguf
-	$(BIN)/nano bench runs/student_20m-int4.tflite --gguf runs/student_20m-int4.gguf --prompt-lens 128 \
+	$(BIN)/nano prune runs/gemma3-270m --out runs/gemma3-270m-d512 --d-model 512 --overwrite
+	$(BIN)/nano generate runs/gemma3-270m-d512 --prompt "SQLite is" --max-tokens 32
+	$(BIN)/nano distill --init runs/gemma3-270m-d512 --teacher runs/gemma3-270m --tokens $(DEMO_TOKENS) \
+	    --seq-len 256 --batch-size 4 --lr 1e-4 --warmup-steps 2 --out runs/distill-d512 --resume
+	$(BIN)/nano eval runs/distill-d512/student --data held-out --json runs/distill-d512-heldout.json
+	$(BIN)/nano generate runs/distill-d512/student --prompt "SQLite is" --max-tokens 32
+	$(BIN)/nano quantize runs/distill-d512/student --out runs/student-d512-int4 --method gptq --overwrite
+	$(BIN)/nano generate runs/student-d512-int4 --prompt "SQLite is" --max-tokens 32
+	$(BIN)/nano export runs/student-d512-int4 --out runs/student-d512-int4.tflite --litertlm
+	$(BIN)/nano generate runs/student-d512-int4.litertlm --prompt "SQLite is" --max-tokens 32
+	$(BIN)/nano export runs/student-d512-int4 --out runs/student-d512-int4.gguf
+	$(BIN)/nano bench runs/student-d512-int4.tflite --gguf runs/student-d512-int4.gguf --prompt-lens 128 \
 	    --decode-tokens 32 --repeats 1
 
 test: $(STAMP)

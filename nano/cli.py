@@ -459,6 +459,7 @@ def distill_cmd(
     batch_size: Annotated[Optional[int], typer.Option(help="Sequences per optimizer step.")] = None,
     grad_accum: Annotated[Optional[int], typer.Option(help="Micro-batches per step.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
+    warmup_steps: Annotated[Optional[int], typer.Option(help="Linear warmup steps before the cosine decay.")] = None,
     loss: Annotated[Optional[str], typer.Option(help="forward_kl | reverse_kl | jsd.")] = None,
     temperature: Annotated[Optional[float], typer.Option(help="Distillation temperature.")] = None,
     alpha: Annotated[Optional[float], typer.Option(help="Weight of hard-label cross-entropy.")] = None,
@@ -477,7 +478,7 @@ def distill_cmd(
     if init is not None and student is not None:
         raise NanoError("give --student (a random preset) or --init (a checkpoint to start from), not both")
     options = dict(teacher=teacher, student=student, init=init, data=data, tokens=tokens, seq_len=seq_len,
-                   batch_size=batch_size, grad_accum=grad_accum, lr=lr, loss=loss, temperature=temperature,
+                   batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps, loss=loss, temperature=temperature,
                    alpha=alpha, beta=beta, seed=seed, compute_dtype=compute_dtype)
     given = {k: v for k, v in options.items() if v is not None}  # what the command line sets
     if teacher == "none":
