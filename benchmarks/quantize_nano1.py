@@ -1,7 +1,12 @@
 """Quantize a full-size nano1 (1.79B parameters, random weights stored in bfloat16) with
 `nano quantize` and report wall time and peak memory: the 24 GiB machine limit check.
 
-    .venv/bin/python -m benchmarks.quantize_nano1 [--methods rtn,gptq] [--calib-rows 16]
+    .venv/bin/python -m benchmarks.quantize_nano1 [--methods gptq] [--calib-rows 16]
+
+GPTQ runs on every block (all 21). Recorded per method: wall and CPU seconds (user + system of
+the child: robust to other load, wall is not), peak RSS, seconds per block (the pipeline's
+quantize time / blocks, and its GPTQ-only part: the sum of the per-tensor solve seconds), and
+the CPU pressure and load average before and after, so a noisy machine shows.
 
 The random checkpoint (with the Gemma 3 tokenizer, which nano1 shares) is written once to the
 Nano cache; each method then runs as a separate `nano quantize` process so its peak resident
@@ -34,12 +39,15 @@ def make_checkpoint(path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--methods", default="rtn,gptq")
+    ap.add_argument("--methods", default="gptq")
     ap.add_argument("--calib-rows", type=int, default=16)
     ap.add_argument("--json", type=Path, default=None, help="default: benchmarks/results/quantize_nano1.json")
     args = ap.parse_args()
 
+    from benchmarks.harness.core import cpu_pressure
     from benchmarks.workspace import result_path, work_dir, write_result
+
+    pressure_before, load_before = cpu_pressure(), os.getloadavg()[0]
 
     work = work_dir("nano1")
     ckpt = work / "nano1-random-bf16"
@@ -63,7 +71,14 @@ def main() -> None:
         peak = usage.ru_maxrss  # KiB
         manifest = json.loads((out / "quantization.json").read_text())
         t = manifest["totals"]
+        n_blocks = json.loads((ckpt / "config.json").read_text())["num_layers"]
+        tensors = manifest["tensors"]
+        solve = sum(e.get("seconds") or 0 for n, e in tensors.items() if n.startswith("layers."))
         results[method] = {"wall_seconds": round(wall, 1), "quantize_seconds": t["quantize_seconds"],
+                           "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
+                           "blocks": n_blocks, "seconds_per_block": round(t["quantize_seconds"] / n_blocks, 2),
+                           "solve_seconds_per_block": round(solve / n_blocks, 2),
+                           "load_avg_after": os.getloadavg()[0], "cpu_pressure_after": cpu_pressure(),
                            "calibration_forward_seconds": t.get("calibration_forward_seconds"),
                            "peak_rss_gib": round(peak / 2**20, 2),
                            "bytes": t["bytes"], "bits_per_weight": t["bits_per_weight"],
@@ -76,7 +91,9 @@ def main() -> None:
     for m, r in results.items():
         print(f"{m:<8}{r['wall_seconds']:>9.0f}{r['peak_rss_gib']:>14.2f}{r['bytes'] / 2**30:>12.2f}"
               f"{r['bits_per_weight']:>13.3f}{str(r['calibration_tokens'] or '-'):>14}")
-    path = write_result(args.json or result_path("quantize_nano1"), {"source_bytes": src, "results": results})
+    path = write_result(args.json or result_path("quantize_nano1"),
+                        {"source_bytes": src, "calib_rows": args.calib_rows, "load_avg_before": load_before,
+                         "results": results}, pressure_before=pressure_before)
     print(f"wrote {path}")
 
 
