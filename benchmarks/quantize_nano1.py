@@ -37,10 +37,45 @@ def make_checkpoint(path: Path) -> None:
                     meta={"note": "random weights (benchmarks/quantize_nano1.py)"})
 
 
+def partial_run(ckpt: Path, blocks: int, calib_rows: int) -> dict:
+    """`nano quantize`'s pipeline in this process on the first `blocks` blocks of the streamed
+    checkpoint (GPTQ int4 g32, int8 embedding): the fixed costs and the seconds of each block, for
+    projecting a full run when one does not fit (the model is cut to `blocks` blocks; nothing is
+    written)."""
+    import resource
+
+    import numpy as np
+    from flax import nnx
+
+    from nano.checkpoint import load_tokenizer, open_streamed
+    from nano.data.prepare import prepare_default
+    from quantize.pipeline import quantize_model
+    from quantize.recipe import Recipe
+    from quantize.run import calibration_tokens
+
+    t0 = time.perf_counter()
+    tok = load_tokenizer(ckpt)
+    tokens, _ = calibration_tokens(prepare_default(tok), tok, rows=calib_rows, length=512)
+    model, loader = open_streamed(ckpt, param_dtype=np.float32)
+    model.layers = nnx.List(list(model.layers)[:blocks])
+    stamps = []
+    t1 = time.perf_counter()
+    result = quantize_model(model, Recipe(), tokens, blocks=loader,
+                            progress=lambda stage, done, total: stamps.append(time.perf_counter()))
+    per_block = np.diff([t1, *stamps])
+    return {"blocks": blocks, "setup_seconds": round(t1 - t0, 1), "quantize_seconds": round(result.seconds, 1),
+            "block_seconds": [round(x, 1) for x in per_block],
+            "calibration_forward_seconds": round(result.forward_seconds, 1),
+            "tensor_seconds": {n: r["seconds"] for n, r in result.report.items()},
+            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+            "cpu_seconds": round(sum(resource.getrusage(resource.RUSAGE_SELF)[:2]), 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", default="gptq")
     ap.add_argument("--calib-rows", type=int, default=16)
+    ap.add_argument("--blocks", type=int, default=0, help="GPTQ only the first N blocks in this process (projection)")
     ap.add_argument("--json", type=Path, default=None, help="default: benchmarks/results/quantize_nano1.json")
     args = ap.parse_args()
 
@@ -54,6 +89,14 @@ def main() -> None:
     if not (ckpt / "config.json").is_file():
         subprocess.run([sys.executable, "-c", "from benchmarks.quantize_nano1 import make_checkpoint as m; "
                         f"from pathlib import Path; m(Path({str(ckpt)!r}))"], check=True)
+    if args.blocks:
+        r = partial_run(ckpt, args.blocks, args.calib_rows)
+        print(json.dumps(r, indent=1), flush=True)
+        path = write_result(args.json or result_path(f"quantize_nano1-{args.blocks}blocks"),
+                            {"calib_rows": args.calib_rows, "load_avg_before": load_before,
+                             "load_avg_after": os.getloadavg()[0], "partial": r}, pressure_before=pressure_before)
+        print(f"wrote {path}")
+        return
     nano = Path(sys.executable).with_name("nano")
     results = {}
     for method in args.methods.split(","):
