@@ -6,11 +6,13 @@ Tensor names are the model's parameter paths joined by dots (`layers.3.attn.q.ke
 
 import datetime
 import json
+import struct
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 from flax import nnx
 from safetensors import SafetensorError
@@ -118,3 +120,105 @@ def load_tokenizer(ckpt: str | Path):
     if not path.is_file():
         raise NanoError(f"{ckpt}: no {TOKENIZER} beside the checkpoint; convert the teacher with `nano convert` or copy its tokenizer.model here")
     return Tokenizer.load(path)
+
+
+_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16, "F64": np.float64,
+           "I8": np.int8, "U8": np.uint8, "I16": np.int16, "I32": np.int32, "I64": np.int64,
+           "U16": np.uint16, "U32": np.uint32, "U64": np.uint64, "BOOL": np.bool_}
+
+
+class TensorFile:
+    """A safetensors file read one tensor at a time (plain reads, no mmap: a tensor's pages are
+    the caller's array only, so peak memory follows what the caller keeps)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            with open(self.path, "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(n))
+        except (OSError, struct.error, ValueError) as e:
+            raise NanoError(f"{self.path}: unreadable safetensors file ({e})") from None
+        header.pop("__metadata__", None)
+        self._base = 8 + n
+        self._entries = header
+        size = self.path.stat().st_size
+        for name, e in header.items():
+            if e.get("dtype") not in _DTYPES or e["data_offsets"][1] + self._base > size:
+                raise NanoError(f"{self.path}: tensor {name!r} has dtype {e.get('dtype')!r} or offsets past "
+                                "the end of the file; re-write the checkpoint")
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._entries[name]["shape"])
+
+    def read(self, name: str) -> np.ndarray:
+        """Tensor ``name`` as stored (dtype kept, bf16 as ml_dtypes.bfloat16)."""
+        e = self._entries[name]
+        start, end = e["data_offsets"]
+        dtype = np.dtype(_DTYPES[e["dtype"]])
+        out = np.empty(tuple(e["shape"]), dtype)
+        if end - start != out.nbytes:
+            raise NanoError(f"{self.path}: tensor {name!r} has {end - start} bytes for shape {tuple(e['shape'])} "
+                            f"{e['dtype']}; re-write the checkpoint")
+        with open(self.path, "rb") as f:
+            f.seek(self._base + start)
+            if f.readinto(memoryview(out.reshape(-1).view(np.uint8))) != out.nbytes:
+                raise NanoError(f"{self.path}: truncated at tensor {name!r}; re-write the checkpoint")
+        return out
+
+
+class BlockLoader:
+    """Loads a float checkpoint's blocks into a skeleton model one at a time (`open_streamed`)."""
+
+    def __init__(self, file: TensorFile, abstract: Transformer, param_dtype):
+        self.file, self.param_dtype = file, param_dtype
+        self._abstract = {_key(p): leaf for p, leaf in nnx.to_flat_state(nnx.state(abstract, nnx.Param))}
+
+    def _block_params(self, model: Transformer, i: int):
+        for path, leaf in nnx.to_flat_state(nnx.state(model.layers[i], nnx.Param)):
+            yield f"layers.{i}.{_key(path)}", leaf
+
+    def load(self, model: Transformer, i: int) -> None:
+        """Read block ``i``'s parameters from the file into ``model``."""
+        for name, param in self._block_params(model, i):
+            arr = self.file.read(name)
+            param.value = jnp.asarray(arr, dtype=self.param_dtype or arr.dtype)
+
+    def unload(self, model: Transformer, i: int) -> None:
+        """Drop block ``i``'s parameters (shapes only again)."""
+        for name, param in self._block_params(model, i):
+            param.value = self._abstract[name].value if hasattr(self._abstract[name], "value") else self._abstract[name]
+
+
+def open_streamed(ckpt: str | Path, *, dtype=jnp.float32, param_dtype=jnp.float32) -> tuple[Transformer, BlockLoader]:
+    """A float checkpoint as a model whose blocks hold shapes only, and a loader that reads one
+    block at a time (`load(model, i)` / `unload(model, i)`): peak memory is the embedding plus the
+    blocks the caller has loaded, not the model. Names and shapes are checked up front."""
+    config = load_config(ckpt)
+    path = Path(ckpt) / WEIGHTS
+    if is_quantized(ckpt):
+        raise NanoError(f"{ckpt}: a quantized checkpoint cannot be streamed as float; load it with load_checkpoint")
+    if not path.is_file():
+        raise NanoError(f"{ckpt}: missing {WEIGHTS}; the checkpoint is incomplete, re-run the command that wrote it")
+    file = TensorFile(path)
+    want = expected_shapes(config)
+    have = {n: file.shape(n) for n in file.names()}
+    missing = [n for n in want if n not in have]
+    if missing:
+        raise NanoError(f"{path}: missing tensor {missing[0]!r} ({len(missing)} missing) for model {config.name!r}")
+    extra = sorted(set(have) - set(want))
+    if extra:
+        raise NanoError(f"{path}: unexpected tensor {extra[0]!r} for model {config.name!r} ({len(extra)} extra)")
+    for n, shape in want.items():
+        if have[n] != shape:
+            raise NanoError(f"{path}: tensor {n!r} has shape {have[n]}, model {config.name!r} expects {shape}")
+    model = abstract_model(config, param_dtype=param_dtype)
+    for name, param in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        if not _key(name).startswith("layers."):
+            arr = file.read(_key(name))
+            param.value = jnp.asarray(arr, dtype=param_dtype or arr.dtype)
+    return set_compute_dtype(model, dtype), BlockLoader(file, abstract_model(config, param_dtype=param_dtype),
+                                                        param_dtype)

@@ -7,6 +7,8 @@ is bounded by the largest block, not the model or the token count.
 
 from __future__ import annotations
 
+import functools
+import types
 from collections.abc import Callable, Iterator
 
 import jax
@@ -40,14 +42,25 @@ def _block_forward(block: Block, x: jax.Array) -> jax.Array:
     return block(x, jnp.arange(x.shape[1], dtype=jnp.int32), None, 0)[0]
 
 
-@nnx.jit
 def _embed(model: Transformer, tokens: jax.Array) -> jax.Array:
-    return model.embed_tokens(tokens).astype(jnp.float32)
+    # model.embed_tokens on the embedding alone: the blocks may hold shapes only (open_streamed)
+    view = types.SimpleNamespace(embed=model.embed[...], config=model.config, dtype=model.dtype)
+    return _embed_jit(view.embed, tokens, view.config, view.dtype)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _embed_jit(embed: jax.Array, tokens: jax.Array, config, dtype) -> jax.Array:
+    view = types.SimpleNamespace(embed=embed, config=config, dtype=dtype)
+    return Transformer.embed_tokens(view, tokens).astype(jnp.float32)  # (B, T, D)
 
 
 @nnx.jit
+def _norm_moments(norm: nnx.Module, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return _moments(norm(x))
+
+
 def _head_moments(model: Transformer, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    return _moments(model.final_norm(x))
+    return _norm_moments(model.final_norm, x)
 
 
 def _batches(n: int, batch: int) -> Iterator[slice]:

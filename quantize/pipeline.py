@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
@@ -148,13 +149,29 @@ def _fold(model: Transformer, prefix: str, site: str, s: np.ndarray) -> None:
         _write(model, name, _read(model, name) / s_v[None, :])
 
 
+def _joint_gptq(names: list[str], specs: dict[str, TensorSpec], prefix: str) -> list[list[str]]:
+    """GPTQ layers of one block solved together: same input (site) and same bits/group/symmetric."""
+    groups: dict[tuple, list[str]] = {}
+    for n in names:
+        sp = specs[n]
+        if sp.method == "gptq":
+            groups.setdefault((SITE_OF[n[len(prefix):-len(".kernel")]], sp.bits, sp.group, sp.symmetric), []).append(n)
+    return list(groups.values())
+
+
 def quantize_model(model: Transformer, recipe: Recipe, calib: np.ndarray | None = None, *,
-                   batch: int = 8, scale_dtype=ml_dtypes.bfloat16, progress: Progress | None = None) -> QuantizedModel:
+                   batch: int = 8, scale_dtype=ml_dtypes.bfloat16, progress: Progress | None = None,
+                   blocks=None) -> QuantizedModel:
     """Quantize ``model`` in place (its weights become the dequantized values) by ``recipe``.
 
     ``calib``: (rows, T) token ids, needed when any tensor's method is gptq or awq.
     ``scale_dtype``: scales are rounded to it before codes are chosen (bf16: what the
     quantized checkpoint stores and LiteRT's blockwise int4 accepts).
+    ``blocks``: a :class:`nano.checkpoint.BlockLoader` when ``model`` comes from
+    ``open_streamed`` (its blocks hold shapes only): each block is read before it is quantized
+    and dropped after the next block's inputs are computed, so memory follows one block.
+    GPTQ layers reading one input with one spec (q/k/v, gate/up) are solved together: one
+    Hessian factorization, their columns side by side (the same codes as one solve each).
     """
     start = time.perf_counter()
     specs = plan(model, recipe)
@@ -163,10 +180,13 @@ def quantize_model(model: Transformer, recipe: Recipe, calib: np.ndarray | None 
         raise NanoError(NO_CALIBRATION)
     qtensors: dict[str, QTensor] = {}
     report: dict[str, dict[str, Any]] = {}
+    floats: dict[str, np.ndarray] = {}
     report_progress = progress or (lambda *a: None)
 
-    def finish(name: str, spec: TensorSpec, stats: InputStats | None, w: np.ndarray, t0: float) -> None:
-        qt = _solve(name, w, spec, recipe, stats, scale_dtype)
+    def finish(name: str, spec: TensorSpec, stats: InputStats | None, w: np.ndarray, t0: float,
+               qt: QTensor | None = None, seconds: float | None = None) -> None:
+        if qt is None:
+            qt = _solve(name, w, spec, recipe, stats, scale_dtype)
         wh = dequantize(qt)
         _set_matrix(model, name, wh)
         qtensors[name] = qt
@@ -175,7 +195,7 @@ def quantize_model(model: Transformer, recipe: Recipe, calib: np.ndarray | None 
                         "symmetric": spec.symmetric,
                         "weight_rel_err": float(np.linalg.norm(w - wh)) / norm if norm else 0.0,
                         "output_rel_err": None if stats is None else stats.output_error(w, wh),
-                        "seconds": round(time.perf_counter() - t0, 3)}
+                        "seconds": round(time.perf_counter() - t0 if seconds is None else seconds, 3)}
 
     embed = specs.get("embed")
     if embed is not None and embed.method != "gptq":  # its rounding reaches every layer's inputs
@@ -185,7 +205,10 @@ def quantize_model(model: Transformer, recipe: Recipe, calib: np.ndarray | None 
     acts = Activations(model, np.asarray(calib), batch=batch) if calibrated else None
     forward = 0.0
     n_layers = len(model.layers)
-    for i, block in enumerate(model.layers):
+    for i in range(n_layers):
+        if blocks is not None:
+            blocks.load(model, i)
+        block = model.layers[i]
         prefix = f"layers.{i}."
         names = [f"{prefix}{lin}.kernel" for lin in SITE_OF if f"{prefix}{lin}.kernel" in specs]
         stats: dict[str, InputStats] = {}
@@ -200,15 +223,34 @@ def quantize_model(model: Transformer, recipe: Recipe, calib: np.ndarray | None 
                 s = _awq_scales(model, prefix, site, awq, specs, stats[site], recipe, scale_dtype)
                 _fold(model, prefix, site, s)
                 stats[site] = stats[site].rescaled(s)
+        solved: dict[str, tuple[QTensor, float]] = {}
+        for joint in _joint_gptq(names, specs, prefix):  # after every AWQ fold: the weights are final
+            t0 = time.perf_counter()
+            sp, site = specs[joint[0]], SITE_OF[joint[0][len(prefix):-len(".kernel")]]
+            ws = [_matrix(model, n) for n in joint]
+            qts = GPTQ.from_stats(stats[site]).solve_many(
+                ws, bits=sp.bits, group=sp.group, symmetric=sp.symmetric, scale_dtype=scale_dtype,
+                damp=recipe.damp, act_order=recipe.act_order, clip_steps=recipe.clip_steps, names=joint)
+            seconds = time.perf_counter() - t0
+            total = sum(w.shape[1] for w in ws)
+            for n, w, qt in zip(joint, ws, qts):  # the joint time, shared by output columns
+                solved[n] = (qt, seconds * w.shape[1] / total)
         for name in names:
             t0 = time.perf_counter()
             site = SITE_OF[name[len(prefix):-len(".kernel")]]
-            finish(name, specs[name], stats.get(site), _matrix(model, name), t0)
+            qt, seconds = solved.get(name, (None, None))
+            finish(name, specs[name], stats.get(site), _matrix(model, name), t0, qt,
+                   None if seconds is None else seconds + time.perf_counter() - t0)
+        del stats
         last = i + 1 == n_layers
         if acts is not None and (not last or (embed is not None and embed.method == "gptq")):
             t0 = time.perf_counter()
             acts.advance(block)
             forward += time.perf_counter() - t0
+        if blocks is not None:
+            floats.update({f"{prefix}{name}": np.asarray(leaf[...]) for name, leaf in _block_params(block)
+                           if f"{prefix}{name}" not in qtensors})
+            blocks.unload(model, i)
         report_progress("quantizing layers", i + 1, n_layers)
 
     head = None
@@ -217,6 +259,16 @@ def quantize_model(model: Transformer, recipe: Recipe, calib: np.ndarray | None 
         head = acts.head_stats(model)
         finish("embed", embed, head, _matrix(model, "embed"), t0)
 
-    floats = {name: np.asarray(leaf[...]) for name, leaf in _params(model) if name not in qtensors}
+    floats.update({name: np.asarray(leaf[...]) for name, leaf in _params(model)
+                   if name not in qtensors and name not in floats and not _abstract(leaf)})
     return QuantizedModel(qtensors=qtensors, floats=floats, report=report,
                           seconds=time.perf_counter() - start, forward_seconds=forward, head_stats=head)
+
+
+def _block_params(block):
+    for path, leaf in nnx.to_flat_state(nnx.state(block, nnx.Param)):
+        yield ".".join(str(p) for p in path), leaf
+
+
+def _abstract(leaf) -> bool:
+    return isinstance(getattr(leaf, "value", leaf), jax.ShapeDtypeStruct)

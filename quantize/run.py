@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from nano.checkpoint import load_checkpoint, load_config, load_meta, load_tokenizer
+from nano.checkpoint import load_checkpoint, load_config, load_meta, load_tokenizer, open_streamed
 from nano.errors import NanoError
 from nano.files import WEIGHTS
 from nano.qcheckpoint import is_quantized, read_manifest, save_quantized, tensor_bytes
@@ -89,7 +89,13 @@ def quantize_checkpoint(ckpt: str | Path, out: str | Path, *, recipe: Recipe, ca
         raise NanoError(f"--out {out} is the input checkpoint; choose another directory (the input is never modified)")
     config = load_config(ckpt)
     tokenizer = load_tokenizer(ckpt)
-    model = load_checkpoint(ckpt, param_dtype=np.float32)
+    # Without a held-out evaluation (it runs the whole model) the blocks are read one at a time
+    # as they are quantized: peak memory is the embedding plus one block, not the model.
+    blocks = None
+    if eval_windows is None:
+        model, blocks = open_streamed(ckpt, param_dtype=np.float32)
+    else:
+        model = load_checkpoint(ckpt, param_dtype=np.float32)
     calib_tokens, calib_info = None, None
     specs = plan(model, recipe)  # bad groups/overrides fail here, before calibration work
     if not specs:
@@ -103,7 +109,7 @@ def quantize_checkpoint(ckpt: str | Path, out: str | Path, *, recipe: Recipe, ca
     before = after = None
     if eval_windows is not None:
         before = evaluate(model, eval_windows, progress=lambda d, t: report("held-out ppl (float)", d, t))
-    result = quantize_model(model, recipe, calib_tokens, progress=progress)
+    result = quantize_model(model, recipe, calib_tokens, progress=progress, blocks=blocks)
     if eval_windows is not None:
         after = evaluate(model, eval_windows, progress=lambda d, t: report("held-out ppl (quantized)", d, t))
 
