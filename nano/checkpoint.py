@@ -43,24 +43,31 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     return {_key(path): tuple(leaf.shape) for path, leaf in nnx.to_flat_state(state)}
 
 
+def check_tensors(source: str, config: ModelConfig, want: Mapping[str, tuple[int, ...]],
+                  have: Mapping[str, tuple[int, ...]]) -> None:
+    """A missing, extra or mis-shaped tensor (name -> shape) is a NanoError naming `source`."""
+    missing = [n for n in want if n not in have]
+    if missing:
+        raise NanoError(f"{source}: missing tensor {missing[0]!r} ({len(missing)} missing) for model {config.name!r}")
+    extra = sorted(set(have) - set(want))
+    if extra:
+        raise NanoError(f"{source}: unexpected tensor {extra[0]!r} for model {config.name!r} ({len(extra)} extra)")
+    for n, shape in want.items():
+        if have[n] != shape:
+            raise NanoError(f"{source}: tensor {n!r} has shape {have[n]}, model {config.name!r} expects {shape}")
+
+
 def model_from_flat(config: ModelConfig, flat: Mapping[str, np.ndarray], *, source: str,
                     dtype=jnp.float32, param_dtype=None) -> Transformer:
     """Build a model from named arrays; a missing, extra or mis-shaped tensor is a NanoError."""
     abstract = abstract_model(config)
     graphdef, state = nnx.split(abstract)
     flat_state = nnx.to_flat_state(state)
-    missing = [_key(p) for p, _ in flat_state if _key(p) not in flat]
-    if missing:
-        raise NanoError(f"{source}: missing tensor {missing[0]!r} ({len(missing)} missing) for model {config.name!r}")
-    known = {_key(p) for p, _ in flat_state}
-    extra = sorted(set(flat) - known)
-    if extra:
-        raise NanoError(f"{source}: unexpected tensor {extra[0]!r} for model {config.name!r} ({len(extra)} extra)")
+    check_tensors(source, config, {_key(p): tuple(leaf.shape) for p, leaf in flat_state},
+                  {name: tuple(arr.shape) for name, arr in flat.items()})
     leaves = []
     for path, leaf in flat_state:
-        name, arr = _key(path), flat[_key(path)]
-        if tuple(arr.shape) != tuple(leaf.shape):
-            raise NanoError(f"{source}: tensor {name!r} has shape {tuple(arr.shape)}, model {config.name!r} expects {tuple(leaf.shape)}")
+        arr = flat[_key(path)]
         arr = jnp.asarray(arr, dtype=param_dtype) if param_dtype is not None else jnp.asarray(arr)
         leaves.append((path, leaf.replace(arr) if hasattr(leaf, "replace") else arr))
     return set_compute_dtype(nnx.merge(graphdef, nnx.from_flat_state(leaves)), dtype)
@@ -204,17 +211,7 @@ def open_streamed(ckpt: str | Path, *, dtype=jnp.float32, param_dtype=jnp.float3
     if not path.is_file():
         raise NanoError(f"{ckpt}: missing {WEIGHTS}; the checkpoint is incomplete, re-run the command that wrote it")
     file = TensorFile(path)
-    want = expected_shapes(config)
-    have = {n: file.shape(n) for n in file.names()}
-    missing = [n for n in want if n not in have]
-    if missing:
-        raise NanoError(f"{path}: missing tensor {missing[0]!r} ({len(missing)} missing) for model {config.name!r}")
-    extra = sorted(set(have) - set(want))
-    if extra:
-        raise NanoError(f"{path}: unexpected tensor {extra[0]!r} for model {config.name!r} ({len(extra)} extra)")
-    for n, shape in want.items():
-        if have[n] != shape:
-            raise NanoError(f"{path}: tensor {n!r} has shape {have[n]}, model {config.name!r} expects {shape}")
+    check_tensors(str(path), config, expected_shapes(config), {n: file.shape(n) for n in file.names()})
     model = abstract_model(config, param_dtype=param_dtype)
     for name, param in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         if not _key(name).startswith("layers."):

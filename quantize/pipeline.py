@@ -93,8 +93,9 @@ def plan(model: Transformer, recipe: Recipe) -> dict[str, TensorSpec]:
     return specs
 
 
-def _params(model: Transformer):
-    for path, leaf in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+def _params(module: nnx.Module):
+    """(dotted name within `module`, Param) of a model or one of its blocks."""
+    for path, leaf in nnx.to_flat_state(nnx.state(module, nnx.Param)):
         yield ".".join(str(p) for p in path), leaf
 
 
@@ -248,7 +249,7 @@ def quantize_model(model: Transformer, recipe: Recipe, calib: np.ndarray | None 
             acts.advance(block)
             forward += time.perf_counter() - t0
         if blocks is not None:
-            floats.update({f"{prefix}{name}": np.asarray(leaf[...]) for name, leaf in _block_params(block)
+            floats.update({f"{prefix}{name}": np.asarray(leaf[...]) for name, leaf in _params(block)
                            if f"{prefix}{name}" not in qtensors})
             blocks.unload(model, i)
         report_progress("quantizing layers", i + 1, n_layers)
@@ -263,11 +264,6 @@ def quantize_model(model: Transformer, recipe: Recipe, calib: np.ndarray | None 
                    if name not in qtensors and name not in floats and not _abstract(leaf)})
     return QuantizedModel(qtensors=qtensors, floats=floats, report=report,
                           seconds=time.perf_counter() - start, forward_seconds=forward, head_stats=head)
-
-
-def _block_params(block):
-    for path, leaf in nnx.to_flat_state(nnx.state(block, nnx.Param)):
-        yield ".".join(str(p) for p in path), leaf
 
 
 def _abstract(leaf) -> bool:
