@@ -48,6 +48,7 @@ class TrainConfig:
     temperature: float = 1.0
     beta: float = 0.5  # generalized JSD mixing
     alpha: float = 0.0  # weight of hard-label cross-entropy mixed into the distillation loss
+    freeze_embed: bool = False  # keep the tied embedding / LM head as it starts (no gradient, no Adam moments)
     onpolicy: float = 0.0  # GKD's lambda: fraction of steps trained on student-sampled continuations
     onpolicy_temperature: float = 1.0
     compute_dtype: str = "auto"  # auto: float32 on CPUs (XLA:CPU has no fast bf16: ~3x slower), bfloat16 elsewhere
@@ -111,12 +112,31 @@ def lr_schedule(cfg: TrainConfig) -> optax.Schedule:
         decay_steps=max(cfg.steps, warmup + 1), end_value=cfg.lr * cfg.min_lr_ratio)
 
 
+def _is_embed(path) -> bool:
+    return getattr(path[0], "key", None) == "embed"
+
+
 def optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     # Decay matrices (kernels and the embedding), not norm gains (as in nanoGPT).
     decay_mask = lambda params: jax.tree.map(lambda p: p.ndim == 2, params)
-    return optax.chain(optax.clip_by_global_norm(cfg.clip_norm),
-                       optax.adamw(lr_schedule(cfg), b1=0.9, b2=0.95, weight_decay=cfg.weight_decay,
-                                   mask=decay_mask))
+    tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm),
+                     optax.adamw(lr_schedule(cfg), b1=0.9, b2=0.95, weight_decay=cfg.weight_decay,
+                                 mask=decay_mask))
+    if not cfg.freeze_embed:
+        return tx
+    # The frozen embedding gets no update and no moments (its gradient is not computed either:
+    # see `frozen`); clipping then sees the other parameters' gradients only.
+    labels = lambda params: jax.tree_util.tree_map_with_path(lambda p, _: "frozen" if _is_embed(p) else "train",
+                                                             params)
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def frozen(cfg: TrainConfig, params):
+    """`params` with what `cfg` freezes behind stop_gradient, so XLA never computes its gradient
+    (for the tied embedding: the (V, D) weight-gradient matmul of the LM head)."""
+    if not cfg.freeze_embed:
+        return params
+    return jax.tree_util.tree_map_with_path(lambda p, x: jax.lax.stop_gradient(x) if _is_embed(p) else x, params)
 
 
 def batch_rows(num_rows: int, step: int, batch: int, seed: int) -> np.ndarray:
@@ -160,7 +180,7 @@ def make_train_step(cfg: TrainConfig, student_graphdef, teacher_graphdef, tx: op
     micro = cfg.batch_size // cfg.grad_accum
 
     def loss_fn(params, teacher_params, batch):
-        student = nnx.merge(student_graphdef, params)
+        student = nnx.merge(student_graphdef, frozen(cfg, params))
         teacher = None if teacher_graphdef is None else nnx.merge(teacher_graphdef, teacher_params)
         return step_loss(student, teacher, batch["inputs"], batch["labels"], batch["mask"],
                          batch.get("sparse"), cfg)

@@ -466,6 +466,7 @@ def distill_cmd(
     beta: Annotated[Optional[float], typer.Option(help="Generalized JSD beta.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed (init, data order).")] = None,
     compute_dtype: Annotated[Optional[str], typer.Option(help="auto (float32 on CPU, bfloat16 on accelerators), bfloat16 or float32.")] = None,
+    freeze_embed: Annotated[bool, typer.Option("--freeze-embed", help="Keep the tied embedding / LM head as it starts (e.g. from --init): no gradient, no Adam moments.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
 ) -> None:
     """Train a student on a teacher's probabilities; resumable (`--resume`) after any kill."""
@@ -479,7 +480,8 @@ def distill_cmd(
         raise NanoError("give --student (a random preset) or --init (a checkpoint to start from), not both")
     options = dict(teacher=teacher, student=student, init=init, data=data, tokens=tokens, seq_len=seq_len,
                    batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps, loss=loss, temperature=temperature,
-                   alpha=alpha, beta=beta, seed=seed, compute_dtype=compute_dtype)
+                   alpha=alpha, beta=beta, seed=seed, compute_dtype=compute_dtype,
+                   freeze_embed=freeze_embed or None)
     given = {k: v for k, v in options.items() if v is not None}  # what the command line sets
     if teacher == "none":
         given["teacher"] = None

@@ -162,3 +162,19 @@ def test_step_plan_compiles_sharded_without_allocating():
     # parameters + AdamW moments in float32, split 4 ways by fsdp (small tensors replicated)
     assert plan["per_device_argument_bytes"] < plan["state_bytes"] / 2
     assert plan["per_device_peak_bytes"] > 0
+
+
+def test_freeze_embed_keeps_the_embedding_and_trains_the_rest(tmp_path, tiny_teacher):
+    init = save_checkpoint(tmp_path / "init", Transformer(get_preset("tiny"), rngs=nnx.Rngs(9)))
+    start = nnx.state(Transformer(get_preset("tiny"), rngs=nnx.Rngs(9)), nnx.Param)
+    cfg = _cfg(tiny_teacher, init=str(init), freeze_embed=True, tokens=8 * 32 * 2, lr=1e-2, warmup_steps=0)
+    trainer = Trainer(cfg, tmp_path / "run", teacher_ckpt=tiny_teacher, rows=ROWS, eval_windows=None)
+    moments = sum(x.size for x in jax.tree.leaves(trainer.state["opt_state"]) if x.ndim)  # not the step counts
+    trained = sum(x.size for p, x in jax.tree_util.tree_flatten_with_path(trainer.state["params"])[0]
+                  if p[0].key != "embed")
+    assert moments == 2 * trained  # Adam's mu and nu for everything but the embedding
+    trainer.run()
+    after = trainer.state["params"]
+    np.testing.assert_array_equal(np.asarray(after["embed"].value), np.asarray(start["embed"].value))
+    assert not np.array_equal(np.asarray(after["layers"][0]["mlp"]["down"]["kernel"].value),
+                              np.asarray(start["layers"][0]["mlp"]["down"]["kernel"].value))
