@@ -151,7 +151,47 @@ def render_quantize_embed(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def render_prune(results: list[dict]) -> str:
+    """benchmarks/prune.py: pruned + recovered students of Gemma 3 270M, a random-init twin."""
+    (r,) = results
+    rows = r["rows"]
+    teacher = rows["teacher"]
+    lines = [source_line(r["provenance"]), "",
+             "| model | params | held-out ppl: pruned → recovered | int4 ppl (× teacher int4) | int4 decode tok/s "
+             "(× teacher int4) | share of bandwidth bound | .tflite MiB | CPU time to make |",
+             "|---|---|---|---|---|---|---|---|"]
+
+    def fmt(v, spec):
+        return "" if v is None else format(v, spec)
+
+    for name, row in rows.items():
+        d = row.get("decode", {})
+        ppl = (f"{row['pruned_perplexity']:,.1f} → {row['perplexity']:.2f}" if "pruned_perplexity" in row
+               else f"{row['perplexity']:.2f}" + (" (float)" if name == "teacher" else ""))
+        if "same_shape_as" in row:
+            ppl = f"random init → {row['perplexity']:,.1f} ({row['perplexity_vs_pruned_twin']:.1f}× {row['same_shape_as']})"
+        int4 = (f"{row['int4_perplexity']:.2f} ({row['int4_perplexity_vs_teacher_int4']:.2f}×)"
+                if "int4_perplexity" in row else "")
+        dec = f"{d['decode_tok_s']:.1f} ({d['vs_teacher_int4']:.2f}×)" if d else "as " + row.get("same_shape_as", "")
+        cpu = row["make_cpu_s"]
+        lines.append(f"| {name} | {row['params'] / 1e6:.0f}M | {ppl} | {int4} | {dec} "
+                     f"| {fmt(d.get('fraction_of_bound'), '.0%')} "
+                     f"| {fmt(row.get('file_bytes', 0) / 2**20 or None, '.0f')} | {cpu / 60:.1f} min |"
+                     if cpu else
+                     f"| {name} | {row['params'] / 1e6:.0f}M | {ppl} | {int4} | {dec} "
+                     f"| {fmt(d.get('fraction_of_bound'), '.0%')} | {fmt(row.get('file_bytes', 0) / 2**20 or None, '.0f')} | — |")
+    hits = [n for n, x in rows.items() if "decode" in x and not n.startswith("teacher")
+            and x["decode"]["vs_teacher_int4"] >= 1.5 and x["int4_perplexity_vs_teacher_int4"] <= 1.5]
+    lines += ["", f"({r['windows']} SQLite held-out windows × {r['window']}; recovery {r['tokens']:,} tokens per "
+                  f"student; decode: prompt {r['prompt_len']}, median of {r['rounds']} rounds × {r['decode_steps']} "
+                  f"steps, {r['threads']} threads, LiteRT CompiledModel, all models in the same loop; bound at "
+                  f"{r['bandwidth_gb_s']:.1f} GB/s. Teacher float {teacher['perplexity']:.2f}. Target ≥ 1.5× "
+                  "decode at ≤ 1.5× perplexity: " + (f"met by {', '.join(hits)}.)" if hits else "not met by any row.)")]
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[list[dict]], str]] = {"export_bench": render_export_bench,
+                                                      "prune": render_prune,
                                                       "quantize_embed": render_quantize_embed,
                                                       "nano1_plan": render_nano1_plan,
                                                       "long_context": render_long_context,
