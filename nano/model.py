@@ -111,7 +111,7 @@ def ring_write(cache: Float[Array, "B K S H"], new: Float[Array, "B K T H"], sta
     if T == 1:
         # Decode: one slot. A slice update, not the one-hot product: in TFLite the product becomes
         # an outer-product BATCH_MATMUL, a TRANSPOSE and a SELECT_V2 over the whole [S, H] ring per
-        # K and V per local layer (gemma3_270m shapes: ~10 ms of a ~18 ms step on 2 cores). Exact.
+        # K and V per local layer (gemma3_270m shapes: 6-7% of a decode step, measured). Exact.
         at = jnp.mod(start, S)
         old = jax.lax.dynamic_slice_in_dim(cache, at, 1, axis=2)
         return jax.lax.dynamic_update_slice_in_dim(cache, jnp.where(keep[0], new.astype(cache.dtype), old), at, axis=2)
