@@ -108,6 +108,20 @@ def test_ring_positions_and_write_exact():
     assert nothing[0, 0, :, 0].tolist() == [0.0, 1.0, 2.0, 3.0]
 
 
+
+def test_ring_write_one_token_is_a_slice_update():
+    """Decode (T = 1) takes the slice-update path: slot start % S, nothing written when not kept,
+    bit-equal to the one-hot product of longer chunks."""
+    cache = jax.random.normal(jax.random.key(0), (1, 2, 5, 3))
+    new = jax.random.normal(jax.random.key(1), (1, 2, 1, 3))
+    for start in (0, 3, 4, 5, 12):
+        out = ring_write(cache, new, jnp.int32(start), jnp.array([True]))
+        want = cache.at[:, :, start % 5].set(new[:, :, 0])
+        assert jnp.array_equal(out, want)
+        pad = jnp.concatenate([new, jnp.zeros_like(new)], axis=2)  # the T > 1 path, padding not kept
+        assert jnp.array_equal(out, ring_write(cache, pad, jnp.int32(start), jnp.array([True, False])))
+        assert jnp.array_equal(ring_write(cache, new, jnp.int32(start), jnp.array([False])), cache)
+
 def test_ring_cache_with_padded_chunks_equals_full_forward():
     """Chunks of 6 holding 4 real tokens then padding (LiteRT-LM's position-0 convention), past
     many wraps of the 8-slot ring: the real positions' logits are those of the full forward."""
