@@ -14,7 +14,9 @@ overwrite a ring slot.
 Weights are stored (in, out), norms as their full multiplier (Gemma's `1 + w`, as in GGUF).
 """
 
+import functools
 import math
+import types
 from collections.abc import Callable
 
 import jax
@@ -303,6 +305,25 @@ class Transformer(nnx.Module):
                  ) -> tuple[Float[Array, "B T V"], KVCache | None]:
         h, cache = self.hidden(tokens, cache=cache, start=start, length=length)
         return self.logits(h), cache
+
+
+@nnx.jit
+def block_forward(block: Block, x: Float[Array, "B T D"]) -> Float[Array, "B T D"]:
+    """One block over whole rows from position 0 without a cache: the layer-by-layer passes of
+    calibration and pruning, which hold one block's activations at a time."""
+    return block(x, jnp.arange(x.shape[1], dtype=jnp.int32), None, 0)[0]
+
+
+def embed_rows(model: Transformer, tokens: Int[Array, "B T"]) -> Float[Array, "B T D"]:
+    """`model.embed_tokens(tokens)` in float32, from the embedding alone, so it also works on a
+    model whose blocks hold shapes only (`nano.checkpoint.open_streamed`)."""
+    return _embed_rows(model.embed[...], tokens, model.config, model.dtype)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _embed_rows(embed: jax.Array, tokens: jax.Array, config: ModelConfig, dtype) -> jax.Array:
+    view = types.SimpleNamespace(embed=embed, config=config, dtype=dtype)
+    return Transformer.embed_tokens(view, tokens).astype(jnp.float32)  # (B, T, D)
 
 
 def set_compute_dtype(model: Transformer, dtype) -> Transformer:

@@ -7,8 +7,6 @@ is bounded by the largest block, not the model or the token count.
 
 from __future__ import annotations
 
-import functools
-import types
 from collections.abc import Callable, Iterator
 
 import jax
@@ -16,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from nano.model import Block, Transformer
+from nano.model import Block, Transformer, block_forward, embed_rows
 
 from .stats import InputStats
 
@@ -38,23 +36,6 @@ def _block_moments(block: Block, x: jax.Array) -> dict[str, tuple[jax.Array, jax
 
 
 @nnx.jit
-def _block_forward(block: Block, x: jax.Array) -> jax.Array:
-    return block(x, jnp.arange(x.shape[1], dtype=jnp.int32), None, 0)[0]
-
-
-def _embed(model: Transformer, tokens: jax.Array) -> jax.Array:
-    # model.embed_tokens on the embedding alone: the blocks may hold shapes only (open_streamed)
-    view = types.SimpleNamespace(embed=model.embed[...], config=model.config, dtype=model.dtype)
-    return _embed_jit(view.embed, tokens, view.config, view.dtype)
-
-
-@functools.partial(jax.jit, static_argnums=(2, 3))
-def _embed_jit(embed: jax.Array, tokens: jax.Array, config, dtype) -> jax.Array:
-    view = types.SimpleNamespace(embed=embed, config=config, dtype=dtype)
-    return Transformer.embed_tokens(view, tokens).astype(jnp.float32)  # (B, T, D)
-
-
-@nnx.jit
 def _norm_moments(norm: nnx.Module, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     return _moments(norm(x))
 
@@ -73,7 +54,7 @@ class Activations:
 
     def __init__(self, model: Transformer, tokens: np.ndarray, *, batch: int = 8):
         self.batch = batch
-        self.x = np.concatenate([np.asarray(_embed(model, jnp.asarray(tokens[s])))
+        self.x = np.concatenate([np.asarray(embed_rows(model, jnp.asarray(tokens[s])))
                                  for s in _batches(len(tokens), batch)])  # (N, T, D)
 
     def block_stats(self, block: Block, progress: Callable[[], None] | None = None) -> dict[str, InputStats]:
@@ -90,7 +71,7 @@ class Activations:
     def advance(self, block: Block) -> None:
         """Run the (now quantized) block: its outputs are the next block's inputs."""
         for s in _batches(len(self.x), self.batch):
-            self.x[s] = np.asarray(_block_forward(block, jnp.asarray(self.x[s])))
+            self.x[s] = np.asarray(block_forward(block, jnp.asarray(self.x[s])))
 
     def head_stats(self, model: Transformer) -> InputStats:
         st = InputStats(self.x.shape[-1])

@@ -8,17 +8,7 @@ from flax import nnx
 from jaxtyping import Array, Float, Int
 
 from nano.eval import chunked_nll
-from nano.model import Block, Transformer
-
-
-@nnx.jit
-def _forward(block: Block, x: Float[Array, "B T D"]) -> Float[Array, "B T D"]:
-    return block(x, jnp.arange(x.shape[1], dtype=jnp.int32), None, 0)[0]
-
-
-@nnx.jit
-def _embed(model: Transformer, tokens: Int[Array, "B T"]) -> Float[Array, "B T D"]:
-    return model.embed_tokens(tokens)
+from nano.model import Transformer, block_forward, embed_rows
 
 
 @nnx.jit
@@ -30,9 +20,9 @@ def _nll(model: Transformer, x: Float[Array, "B T D"], tokens: Int[Array, "B T"]
 def calibration_nll(model: Transformer, tokens: Int[Array, "N T"], layers: list[int]) -> float:
     """Mean NLL of the calibration rows through the blocks `layers` only, in order."""
     tokens = jnp.asarray(tokens)
-    x = _embed(model, tokens)
+    x = embed_rows(model, tokens)
     for i in layers:
-        x = _forward(model.layers[i], x)
+        x = block_forward(model.layers[i], x)
     return float(_nll(model, x, tokens))
 
 
@@ -46,9 +36,9 @@ def greedy_removal(model: Transformer, tokens: Int[Array, "N T"], remove: int, *
     total = sum(c.num_layers - r for r in range(remove))
     done = 0
     for _ in range(remove):
-        inputs = [_embed(model, tokens)]  # inputs[p]: input of kept[p]
+        inputs = [embed_rows(model, tokens)]  # inputs[p]: input of kept[p]
         for i in kept[:-1]:
-            inputs.append(_forward(model.layers[i], inputs[-1]))
+            inputs.append(block_forward(model.layers[i], inputs[-1]))
         globals_left = [i for i in kept if c.is_global(i)]
         scores: dict[int, float] = {}
         for p, i in enumerate(kept):
@@ -57,7 +47,7 @@ def greedy_removal(model: Transformer, tokens: Int[Array, "N T"], remove: int, *
                 continue
             x = inputs[p]
             for j in kept[p + 1:]:
-                x = _forward(model.layers[j], x)
+                x = block_forward(model.layers[j], x)
             scores[i] = float(_nll(model, x, tokens))
             if progress:
                 progress(done, total)

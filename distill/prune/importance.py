@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
-from nano.model import Block, Transformer
+from nano.model import Block, Transformer, embed_rows
 
 NORM_SITES = {"resid": "pre_attn_norm", "attn_out": "post_attn_norm", "resid_mid": "pre_mlp_norm",
               "mlp_out": "post_mlp_norm"}
@@ -55,11 +55,6 @@ def block_stats(block: Block, x: Float[Array, "B T D"]) -> tuple[Float[Array, "B
 
 
 @nnx.jit
-def _embed(model: Transformer, tokens: Int[Array, "B T"]) -> Float[Array, "B T D"]:
-    return model.embed_tokens(tokens).astype(jnp.float32)
-
-
-@nnx.jit
 def _final(model: Transformer, x: Float[Array, "B T D"]) -> dict:
     return {"norm_in": _energy(x), "norm_out": _energy(model.final_norm(x))}
 
@@ -90,7 +85,7 @@ def measure(model: Transformer, tokens: Int[Array, "N T"], *, batch: int = 4, pr
     for done, i in enumerate(range(0, n, batch)):
         rows = jnp.asarray(tokens[i:i + batch])
         w = len(rows) / n
-        x = _embed(model, rows)
+        x = embed_rows(model, rows)
         for j, block in enumerate(model.layers):
             x, st = block_stats(block, x)
             layers[j] = _mean(layers[j], st, w)
