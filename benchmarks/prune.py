@@ -198,23 +198,29 @@ def plot(result: dict, path: Path) -> Path:
 
     rows, base = result["rows"], result["rows"]["teacher"]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    seen = set()
     for name, r in rows.items():
         if "decode" not in r:
             continue
         x = r["decode"]["vs_teacher_int4"]
-        ax.scatter([x], [r["int4_perplexity"]], color="C0" if not name.startswith("teacher") else "C3")
-        ax.annotate(f"{name} int4", (x, r["int4_perplexity"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        kind = "teacher, int4" if name.startswith("teacher") else "student, recovered, int4"
+        ax.scatter([x], [r["int4_perplexity"]], color="C3" if name.startswith("teacher") else "C0",
+                   label=None if kind in seen else kind)
+        seen.add(kind)
+        ax.annotate(name, (x, r["int4_perplexity"]), textcoords="offset points", xytext=(5, 3), fontsize=8)
         if "pruned_perplexity" in r:
-            ax.scatter([x], [r["pruned_perplexity"]], color="C7", marker="x")
-            ax.annotate("before recovery", (x, r["pruned_perplexity"]), textcoords="offset points", xytext=(4, -10),
-                        fontsize=7, color="C7")
+            ax.scatter([x], [r["pruned_perplexity"]], color="C7", marker="x",
+                       label=None if "pruned" in seen else "pruned, before recovery (float)")
+            seen.add("pruned")
     ax.axvline(1.5, color="C2", lw=0.8, ls="--")
     ax.axhline(1.5 * base["int4_perplexity"], color="C2", lw=0.8, ls="--")
     ax.set_xlabel("int4 LiteRT decode speed / teacher int4 (same run)")
     ax.set_ylabel("held-out perplexity (log)")
     ax.set_yscale("log")
+    ax.set_yticks([15, 20, 30, 50, 100, 200])
     ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.legend(fontsize=8, loc="upper left")
     ax.set_title("Gemma 3 270M pruned + recovered; target: right of and below the dashed lines", fontsize=9)
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
