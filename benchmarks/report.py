@@ -190,7 +190,27 @@ def render_prune(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def render_recovery(results: list[dict]) -> str:
+    """benchmarks/recovery.py: the d512 student healed with each recovery lever, same tokens."""
+    (r,) = results
+    lines = [source_line(r["provenance"]), "",
+             "| recovery of d512 | held-out ppl | training tok/s | wall | CPU time (× online) |",
+             "|---|---|---|---|---|"]
+    for name, row in r["rows"].items():
+        extra = ""
+        if "labelling" in row:
+            extra = (f"; + labelling once (k = {row['k']}): {row['labelling']['wall_s'] / 60:.1f} min wall, "
+                     f"{row['labelling']['cpu_s'] / 60:.1f} min CPU")
+        if "from" in row:
+            extra = f" (from `{row['from']}`)"
+        lines.append(f"| {name} | {row['perplexity']:.2f} | {row['tokens_per_s']:.1f} | {row['wall_s'] / 60:.1f} min "
+                     f"| {row['cpu_s'] / 60:.1f} min ({row['cpu_vs_online']:.2f}×){extra} |")
+    lines += ["", f"({r['tokens']:,} tokens each, 4 × 256 per step, lr 1e-4; {r['windows']} SQLite held-out windows.)"]
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[list[dict]], str]] = {"export_bench": render_export_bench,
+                                                      "recovery": render_recovery,
                                                       "prune": render_prune,
                                                       "quantize_embed": render_quantize_embed,
                                                       "nano1_plan": render_nano1_plan,

@@ -14,7 +14,7 @@ README = (report.ROOT / "README.md").read_text()
 
 def test_readme_tables_match_their_results():
     found = report.tables(README)
-    assert {kind for kind, _, _ in found} >= {"export_bench", "nano1_plan"}, "README.md lost a generated table"
+    assert {kind for kind, _, _ in found} >= {"export_bench", "nano1_plan", "prune"}, "README.md lost a generated table"
     for kind, paths, body in found:
         for p in paths:
             assert (report.ROOT / p).is_file(), f"README table {kind}: {p} is not committed"
