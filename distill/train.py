@@ -473,6 +473,8 @@ def start_run(cfg: TrainConfig, out: str | Path, *, resume: bool = False) -> Run
         if not resume:
             raise NanoError(f"{out}: a run already lives here; pass --resume to continue it or choose another --out")
         saved, current = json.loads(cfg_path.read_text()), dataclasses.asdict(cfg)
+        # a field added since the run started is at its default there (e.g. freeze_embed)
+        saved = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name not in saved} | saved
         if saved != current:
             diff = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
             raise NanoError(f"{cfg_path}: --resume with a different config (fields {diff}); resume with the same settings or choose another --out")

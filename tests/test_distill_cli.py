@@ -64,6 +64,11 @@ def test_sigkill_then_resume_gives_the_uninterrupted_curve(setup):
     assert not (root / "cut" / "student").exists()
     again = subprocess.run(_cmd(teacher, data, config, root / "cut"), capture_output=True, text=True, timeout=600)
     assert again.returncode == 1 and "pass --resume" in again.stderr
+    changed = subprocess.run(_cmd(teacher, data, config, root / "cut", "--resume", "--freeze-embed"),
+                             capture_output=True, text=True, timeout=600)
+    assert changed.returncode == 1 and "fields ['freeze_embed']" in changed.stderr, changed.stderr[-3000:]
+    cfg_file = root / "cut" / "train_config.json"  # a run started before a field existed resumes at its default
+    cfg_file.write_text(json.dumps({k: v for k, v in json.loads(cfg_file.read_text()).items() if k != "freeze_embed"}))
     resumed = subprocess.run(_cmd(teacher, data, config, root / "cut", "--resume"), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert max(saved()) == STEPS and load_checkpoint(root / "cut" / "student").config.name == "tiny"
