@@ -160,10 +160,6 @@ def render_prune(results: list[dict]) -> str:
              "| model | params | held-out ppl: pruned → recovered | int4 ppl (× teacher int4) | int4 decode tok/s "
              "(× teacher int4) | share of bandwidth bound | .tflite MiB | CPU time to make |",
              "|---|---|---|---|---|---|---|---|"]
-
-    def fmt(v, spec):
-        return "" if v is None else format(v, spec)
-
     for name, row in rows.items():
         d = row.get("decode", {})
         ppl = (f"{row['pruned_perplexity']:,.1f} → {row['perplexity']:.2f}" if "pruned_perplexity" in row
@@ -173,13 +169,10 @@ def render_prune(results: list[dict]) -> str:
         int4 = (f"{row['int4_perplexity']:.2f} ({row['int4_perplexity_vs_teacher_int4']:.2f}×)"
                 if "int4_perplexity" in row else "")
         dec = f"{d['decode_tok_s']:.1f} ({d['vs_teacher_int4']:.2f}×)" if d else "as " + row.get("same_shape_as", "")
-        cpu = row["make_cpu_s"]
-        lines.append(f"| {name} | {row['params'] / 1e6:.0f}M | {ppl} | {int4} | {dec} "
-                     f"| {fmt(d.get('fraction_of_bound'), '.0%')} "
-                     f"| {fmt(row.get('file_bytes', 0) / 2**20 or None, '.0f')} | {cpu / 60:.1f} min |"
-                     if cpu else
-                     f"| {name} | {row['params'] / 1e6:.0f}M | {ppl} | {int4} | {dec} "
-                     f"| {fmt(d.get('fraction_of_bound'), '.0%')} | {fmt(row.get('file_bytes', 0) / 2**20 or None, '.0f')} | — |")
+        bound = f"{d['fraction_of_bound']:.0%}" if d else ""
+        mib = f"{row['file_bytes'] / 2**20:.0f}" if "file_bytes" in row else ""
+        cpu = f"{row['make_cpu_s'] / 60:.1f} min" if row["make_cpu_s"] else "—"
+        lines.append(f"| {name} | {row['params'] / 1e6:.0f}M | {ppl} | {int4} | {dec} | {bound} | {mib} | {cpu} |")
     hits = [n for n, x in rows.items() if "decode" in x and not n.startswith("teacher")
             and x["decode"]["vs_teacher_int4"] >= 1.5 and x["int4_perplexity_vs_teacher_int4"] <= 1.5]
     lines += ["", f"({r['windows']} SQLite held-out windows × {r['window']}; recovery {r['tokens']:,} tokens per "
