@@ -46,7 +46,9 @@ from nano.files import read_json, write_json
 SHAPES = {"depth-12": ["--layers", "12"], "ffn-1024": ["--ffn", "1024"], "d512": ["--d-model", "512"]}
 TWIN = "d512"  # the shape also trained from random weights
 EMBED4 = ("ffn-1024", "d512")  # shapes also quantized with the 4-bit embedding (the faster candidates)
-RECOVER = ["--seq-len", "256", "--batch-size", "4", "--warmup-steps", "2"]
+SEQ_LEN = 256
+RECOVER = ["--seq-len", str(SEQ_LEN), "--batch-size", "4", "--warmup-steps", "2"]  # every distill run here
+HEAL_LR = ["--lr", "1e-4"]  # from a pruned start; the random twin keeps the from-scratch default
 PROMPT, DECODE_STEPS, THREADS = 128, 64, 2
 
 
@@ -126,7 +128,7 @@ def make_models(work: Path, teacher: Path, *, tokens: int, windows: int) -> tupl
         pruned, run = work / f"{name}-pruned", work / f"distill-{name}"
         prune = st.run(f"prune-{name}", pruned, "prune", teacher, "--out", pruned, *opts, "--overwrite")
         recover = st.run(f"distill-{name}", run / "student", "distill", "--init", pruned, "--teacher", teacher,
-                         "--tokens", tokens, "--lr", "1e-4", *RECOVER, "--out", run, "--resume")
+                         "--tokens", tokens, *HEAL_LR, *RECOVER, "--out", run, "--resume")
         student = run / "student"
         row = {"options": opts, "pruned_perplexity": st.perplexity(f"{name}-pruned", pruned, windows),
                "perplexity": st.perplexity(name, student, windows),
@@ -178,12 +180,13 @@ def time_decode(files: dict[str, Path], *, rounds: int, log_dir: Path) -> dict[s
 
 
 def add_bounds(decode: dict[str, dict], files: dict[str, Path], bandwidth_gb_s: float) -> None:
-    """Share of the bandwidth bound: file bytes + the KV cache read at the mean decode position."""
+    """Share of the bandwidth bound, counted as `nano bench` counts it (the file's bytes as weights)."""
     from benchmarks.harness.litert import read_layout
+    from benchmarks.harness.run import bytes_per_token
 
     for name, d in decode.items():
-        layout = read_layout(files[name])
-        nbytes = files[name].stat().st_size + layout.kv_bytes_read(PROMPT + DECODE_STEPS / 2)
+        nbytes = bytes_per_token(files[name].stat().st_size, read_layout(files[name]), prompt_len=PROMPT,
+                                 decode_tokens=DECODE_STEPS)
         d["bytes_per_token"] = nbytes
         d["fraction_of_bound"] = d["decode_tok_s"] / (bandwidth_gb_s * 1e9 / nbytes)
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from benchmarks.harness.core import cpu_pressure
-from benchmarks.prune import RECOVER, Stages, _json
+from benchmarks.prune import HEAL_LR, RECOVER, SEQ_LEN, Stages, _json
 from benchmarks.workspace import result_path, work_dir, write_result
 from nano.errors import NanoError
 
@@ -52,15 +52,14 @@ def main() -> None:
                        "cpu_s": online["recover_cpu_s"], "from": str(prune_json.relative_to(prune_json.parents[2]))}}
     run = work / "distill-d512-freeze"
     cost = st.run("distill-d512-freeze", run / "student", "distill", "--init", pruned, "--teacher", teacher,
-                  "--tokens", args.tokens, "--lr", "1e-4", *RECOVER, "--freeze-embed", "--out", run, "--resume")
+                  "--tokens", args.tokens, *HEAL_LR, *RECOVER, "--freeze-embed", "--out", run, "--resume")
     rows["freeze-embed"] = {"perplexity": st.perplexity("d512-freeze", run / "student", args.windows), **cost}
-    seq_len = int(RECOVER[RECOVER.index("--seq-len") + 1])
     cache = work / f"teacher-cache-k{args.k}"
     label = st.run(f"cache-teacher-k{args.k}", cache / "manifest.json", "distill", "cache-teacher", "--out", cache,
-                   "--teacher", teacher, "--seq-len", seq_len, "--k", args.k, "--rows", -(-args.tokens // seq_len))
+                   "--teacher", teacher, "--seq-len", SEQ_LEN, "--k", args.k, "--rows", -(-args.tokens // SEQ_LEN))
     run = work / f"distill-d512-cache-k{args.k}"
     cost = st.run(f"distill-d512-cache-k{args.k}", run / "student", "distill", "--init", pruned, "--teacher", cache,
-                  "--tokens", args.tokens, "--lr", "1e-4", *RECOVER, "--out", run, "--resume")
+                  "--tokens", args.tokens, *HEAL_LR, *RECOVER, "--out", run, "--resume")
     rows["teacher-cache"] = {"perplexity": st.perplexity(f"d512-cache-k{args.k}", run / "student", args.windows),
                              **cost, "labelling": label, "k": args.k}
     for r in rows.values():

@@ -70,10 +70,17 @@ def _model_files(model_path: str | Path, tmp: Path) -> tuple[Path, Path | None]:
     return path, bundle if bundle.is_file() else None
 
 
+def bytes_per_token(weight_bytes: int, layout: "Layout", *, prompt_len: int, decode_tokens: int,
+                    value_bytes: int = 4) -> float:
+    """What the decode bound counts per step: the weights + the KV cache read at the mean
+    decode position (prompt_len + decode_tokens / 2)."""
+    return weight_bytes + layout.kv_bytes_read(prompt_len + decode_tokens / 2, value_bytes=value_bytes)
+
+
 def _add_bounds(entry: dict, *, layout: "Layout", value_bytes: int, bandwidth_gb_s: float, decode_tokens: int) -> None:
     for row in entry["rows"]:
-        context = row["prompt_len"] + decode_tokens / 2
-        nbytes = entry["weight_bytes"] + layout.kv_bytes_read(context, value_bytes=value_bytes)
+        nbytes = bytes_per_token(entry["weight_bytes"], layout, prompt_len=row["prompt_len"],
+                                 decode_tokens=decode_tokens, value_bytes=value_bytes)
         row["bytes_per_token"] = nbytes
         row["bandwidth_limit_tok_s"] = bandwidth_gb_s * 1e9 / nbytes
         row["fraction_of_limit"] = row["decode_tok_s"] / row["bandwidth_limit_tok_s"]
