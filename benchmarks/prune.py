@@ -29,19 +29,14 @@ output is written atomically by the `nano` command that makes it; their costs in
 
 import argparse
 import os
-import resource
-import shutil
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from benchmarks.harness.core import cpu_pressure
-from benchmarks.workspace import result_path, work_dir, write_result
-from nano.errors import NanoError
-from nano.files import read_json, write_json
+from benchmarks.workspace import Stages, result_path, work_dir, write_result
+from nano.files import read_json
 
 SHAPES = {"depth-12": ["--layers", "12"], "ffn-1024": ["--ffn", "1024"], "d512": ["--d-model", "512"]}
 TWIN = "d512"  # the shape also trained from random weights
@@ -54,39 +49,6 @@ PROMPT, DECODE_STEPS, THREADS = 128, 64, 2
 
 def _json(path: Path) -> Any:
     return read_json(path, missing=f"{path}: missing; run `python -m benchmarks.prune` to make it")
-
-
-class Stages:
-    """Runs `nano` commands whose output path is their product; a command whose product exists is
-    skipped and its cost (wall and CPU seconds) read back from stages.json."""
-
-    def __init__(self, work: Path):
-        self.work, self.file = work, work / "stages.json"
-        self.done: dict[str, dict] = _json(self.file) if self.file.is_file() else {}
-        self.nano = shutil.which("nano", path=str(Path(sys.executable).parent)) or "nano"
-
-    def run(self, key: str, product: Path, *args: str) -> dict[str, float]:
-        if product.exists() and key in self.done:
-            return self.done[key]
-        cmd = [self.nano, *map(str, args)]
-        print(f"$ {' '.join(cmd)}", flush=True)
-        before, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-        log = self.work / f"{key}.log"
-        with log.open("wb") as out:
-            code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        if code != 0 or not product.exists():
-            tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
-            raise NanoError(f"{key}: `{' '.join(cmd)}` failed (exit {code}): {tail[0]}; full log {log}")
-        self.done[key] = {"wall_s": time.perf_counter() - t0,
-                          "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)}
-        write_json(self.file, self.done)
-        return self.done[key]
-
-    def perplexity(self, key: str, ckpt: Path, windows: int) -> float:
-        out = self.work / f"{key}.heldout.json"
-        self.run(f"eval-{key}", out, "eval", ckpt, "--data", "held-out", "--windows", windows, "--json", out)
-        return float(_json(out)["perplexity"])
 
 
 def random_twin(pruned: Path, out: Path, seed: int = 0) -> Path:

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from benchmarks.harness.core import cpu_pressure
-from benchmarks.prune import HEAL_LR, RECOVER, SEQ_LEN, Stages, _json
-from benchmarks.workspace import result_path, work_dir, write_result
+from benchmarks.prune import HEAL_LR, RECOVER, SEQ_LEN, _json
+from benchmarks.workspace import Stages, result_path, work_dir, write_result
 from nano.errors import NanoError
 
 

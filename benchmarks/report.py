@@ -83,16 +83,32 @@ def render_export_bench(results: list[dict]) -> str:
 
 
 def render_nano1_plan(results: list[dict]) -> str:
-    """benchmarks/nano1_plan.py: one compiled distillation step's memory, one row per file."""
+    """benchmarks/nano1_plan.py: one compiled distillation step's memory, one row per file (rows
+    may come from different commits: each names its own)."""
     gib = lambda b: f"{b / 2**30:.2f} GiB"
-    lines = [source_line(results[0]["provenance"]), "",
-             "| tokens per step | student params + Adam state (all devices) | per device: arguments | temporaries "
-             "| peak | compile s |", "|---|---|---|---|---|---|"]
-    for r in results:
+    m = results[0]["provenance"]["machine"]
+    lines = [f"*Measured on {m['cpu']} ({m['cores']} cores; {' '.join(m['cpu_flags']) or 'no AVX2'}); rows:*", ""]
+    for i, r in enumerate(results, 1):
+        prov = r["provenance"]
+        other = "" if prov["machine"] == m else f"{prov['machine']['cpu']} ({prov['machine']['cores']} cores), "
+        dirty = " + uncommitted changes" if prov.get("git_dirty") else ""
+        lines.append(f"{i}. {other}{prov['date'][:16].replace('T', ' ')} UTC, git {prov['git_sha'][:10]}{dirty}: "
+                     f"`{prov['command']}`")
+    lines += ["", "| row | student ← teacher | tokens per step | remat | logits chunks split over | blocks' weights read "
+              "| student params + Adam state (all devices) | per device: arguments | temporaries | peak | compile s |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(results, 1):
         a = r["args"]
-        lines.append(f"| {a['batch_size']} × {a['seq_len']} | {gib(r['state_bytes'])} "
+        # files from before logits_spec (B, c, V mesh axes) and weights_in_order left both to XLA
+        split = " / ".join(f"{dim} over {axis}" for dim, axis in zip("BcV", r.get("logits_spec", [])) if axis)
+        lines.append(f"| {i} | {a['student']} ({r['student_params'] / 1e9:.2f}B) ← {a['teacher']} "
+                     f"({r['teacher_params'] / 1e9:.2f}B) | {a['batch_size']} × {a['seq_len']} "
+                     f"| {a.get('remat', 'none')} | {split or 'XLA’s choice'} "
+                     f"| {'in order' if r.get('weights_in_order') else 'XLA’s choice'} | {gib(r['state_bytes'])} "
                      f"| {gib(r['per_device_argument_bytes'])} | {gib(r['per_device_temp_bytes'])} "
                      f"| {gib(r['per_device_peak_bytes'])} | {r['compile_seconds']:.0f} |")
+    fits = [str(i) for i, r in enumerate(results, 1) if r["per_device_peak_bytes"] <= 16 * 2**30]
+    lines += ["", f"(Peak ≤ 16 GiB per device: rows {', '.join(fits) or 'none'}.)"]
     return "\n".join(lines)
 
 
@@ -202,7 +218,87 @@ def render_recovery(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def render_qat(results: list[dict]) -> str:
+    """benchmarks/qat.py: every tensor 4-bit, post-training (GPTQ) and quantization-aware, next to
+    llama.cpp's own quantizations of the same float weights."""
+    (r,) = results
+    rows, base = r["rows"], r["rows"]["float"]["perplexity"]
+    lines = [source_line(r["provenance"]), "",
+             "| model | held-out ppl | × float | bits/weight (all tensors) | CPU time to make |",
+             "|---|---|---|---|---|"]
+    names = {"float": "float32 (no quantization)", "gptq": "GPTQ int4 g32, embedding GPTQ'd as the LM head"}
+    for name, row in rows.items():
+        curve = " → ".join(f"{c['heldout_ppl_8']:.2f}" for c in row.get("curve", []) if c["heldout_ppl_8"])
+        label = names.get(name) or (f"+ QAT, {row['tokens']:,} tokens at lr {row['lr']:g} "
+                                    f"(curve on 8 windows every 4 steps: {curve})")
+        cpu = f"{row['cpu_s'] / 60:.1f} min" if "cpu_s" in row else ""
+        lines.append(f"| {label} | {row['perplexity']:.3f} | {row['vs_float']:.3f} | {row['bits_per_weight']:.3f} | {cpu} |")
+    for name, row in r["llama_cpp"].items():
+        lines.append(f"| {name} (same float weights) | {row['perplexity']:.3f} | {row['perplexity'] / base:.3f} "
+                     f"| {row['bits_per_weight']:.3f} | |")
+    lines += ["", f"({r['windows']} SQLite held-out windows × {r['window']}; QAT: {r['batch_size']} × {r['seq_len']} "
+                  "tokens per step, forward KL from the online float teacher, float32; CPU time of the `nano` "
+                  "command that made the row from the previous one.)"]
+    return "\n".join(lines)
+
+
+def render_stream_rss(results: list[dict]) -> str:
+    """benchmarks/stream_rss.py: peak RSS of a short `nano distill` against the training split's size."""
+    (r,) = results
+    mib = lambda run: f"{run['peak_rss_bytes'] / 2**20:,.0f} MiB"
+    lines = [source_line(r["provenance"]), "",
+             f"| training tokens | shards (on disk) | rows of {r['seq_len']} | peak RSS of `nano distill`, each run |",
+             "|---|---|---|---|"]
+    for run in r["runs"]:
+        lines.append(f"| {run['tokens']:,} | {run['shards']} ({run['disk_bytes'] / 2**30:.2f} GiB) | {run['rows']:,} "
+                     f"| {' / '.join(map(mib, run['repeats']))} |")
+    big = r["runs"][-1]
+    lines += ["", f"(Student `{r['student']}`, no teacher, {r['steps']} steps × {r['batch_size']} × {r['seq_len']}, "
+                  f"eval off. Highest peak at {big['tokens']:,} tokens minus highest at {r['runs'][0]['tokens']:,}: "
+                  f"{r['growth_bytes'] / 2**20:+,.0f} MiB; of what grows with the data, the epoch's order is "
+                  f"4 bytes per row, {4 * big['rows'] / 2**20:.0f} MiB. Concatenating the shards and building every "
+                  f"row's inputs, as before, held 8 bytes per token: {8 * big['tokens'] / 2**30:,.1f} GiB.)"]
+    return "\n".join(lines)
+
+
+# Dense bf16 peak per chip (vendor datasheets) and the MFU a launch recipe assumes.
+ACCELERATORS = {"8 × H100 SXM": 8 * 989e12, "TPU v5e-8": 8 * 197e12}
+ASSUMED_MFU = 0.40
+PLAN_TOKENS = 10e9
+
+
+def render_launch(results: list[dict]) -> str:
+    """The throughput a launch recipe implies for each planned step (benchmarks/nano1_plan.py's
+    files): 6 FLOPs per student parameter and 2 per teacher parameter per token, at ASSUMED_MFU."""
+    lines = [source_line(results[0]["provenance"]) + " (parameter counts)", "",
+             "| student ← teacher | GFLOP per token | "
+             + " | ".join(f"{name}: tokens/s, hours for {PLAN_TOKENS / 1e9:.0f}B tokens" for name in ACCELERATORS)
+             + " |", "|---" * (2 + len(ACCELERATORS)) + "|"]
+    seen = set()
+    for r in results:
+        a = r["args"]
+        if (a["student"], a["teacher"]) in seen:
+            continue
+        seen.add((a["student"], a["teacher"]))
+        flops = 6 * r["student_params"] + 2 * r["teacher_params"]
+        cells = []
+        for peak in ACCELERATORS.values():
+            rate = ASSUMED_MFU * peak / flops
+            cells.append(f"{rate:,.0f} tok/s, {PLAN_TOKENS / rate / 3600:,.0f} h")
+        lines.append(f"| {a['student']} ({r['student_params'] / 1e9:.2f}B) ← {a['teacher']} "
+                     f"({r['teacher_params'] / 1e9:.2f}B) | {flops / 1e9:.1f} | " + " | ".join(cells) + " |")
+    lines += ["", f"(Arithmetic on the parameter counts in the files above: (6 × student + 2 × teacher) FLOPs per "
+                  f"token at {ASSUMED_MFU:.0%} MFU of the dense bf16 peak ({', '.join(f'{k} {v / 1e15:.2f} PFLOP/s' for k, v in ACCELERATORS.items())}); "
+                  "attention FLOPs and the held-out evaluations are left out. Not a measurement.)"]
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[list[dict]], str]] = {"export_bench": render_export_bench,
+                                                      "launch": render_launch,
+                                                      "qat": render_qat,
+
+
+                                                      "stream_rss": render_stream_rss,
                                                       "recovery": render_recovery,
                                                       "prune": render_prune,
                                                       "quantize_embed": render_quantize_embed,

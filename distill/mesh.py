@@ -10,12 +10,14 @@ from nano.errors import NanoError
 
 
 def make_mesh(data: int = 1, fsdp: int | None = None) -> Mesh:
-    """A (data, fsdp) mesh over the first data*fsdp devices; `fsdp=None`: all the rest."""
+    """A (data, fsdp) mesh over the first data*fsdp devices; `fsdp=None`: all the rest. Each
+    process's devices come together, so each process feeds one block of the batch."""
     n = jax.device_count()
     fsdp = fsdp or max(n // data, 1)
     if data < 1 or data * fsdp > n:
         raise NanoError(f"mesh data={data} x fsdp={fsdp} needs {data * fsdp} devices, {n} available; lower --mesh-data/--mesh-fsdp")
-    return Mesh(np.asarray(jax.devices()[: data * fsdp]).reshape(data, fsdp), ("data", "fsdp"))
+    devices = sorted(jax.devices(), key=lambda d: d.process_index)  # stable: a process's own order kept
+    return Mesh(np.asarray(devices[: data * fsdp]).reshape(data, fsdp), ("data", "fsdp"))
 
 
 def param_spec(shape: tuple[int, ...], fsdp: int) -> P:
@@ -41,3 +43,10 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
+
+
+def vocab_sharding(mesh: Mesh) -> NamedSharding:
+    """(B, c, V) logits chunks: rows over 'data', the vocabulary over 'fsdp' as the tied embedding
+    is split (`param_spec`), so the LM head's weight gradient stays split. Left to XLA, each device
+    gathered the whole embedding and summed a full (V, D) float32 gradient per chunk (nano1: 4 GiB)."""
+    return NamedSharding(mesh, P("data", None, "fsdp"))

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from distill.mesh import batch_sharding, make_mesh, tree_shardings
+from distill.mesh import batch_sharding, make_mesh, tree_shardings, vocab_sharding
 from distill.train import TrainConfig, jit_train_step, make_train_step, optimizer
 from nano.config import ModelConfig, get_preset
 from nano.model import Transformer
@@ -35,6 +35,8 @@ class StepPlan:
     per_device_output_bytes: int
     per_device_peak_bytes: int  # arguments + temporaries (outputs alias donated state)
     compile_seconds: float
+    logits_spec: tuple  # mesh axes of each (B, c, V) logits chunk (distill.mesh.vocab_sharding)
+    weights_in_order: bool  # each block's weights read once the block before has its input (step_loss)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -58,7 +60,7 @@ def plan_step(cfg: TrainConfig, *, teacher_config: ModelConfig | None) -> StepPl
     batch = {"inputs": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=bs),
              "labels": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=bs),
              "mask": jax.ShapeDtypeStruct(shape, jnp.float32, sharding=bs)}
-    step = make_train_step(cfg, graphdef, teacher_graphdef, tx)
+    step = make_train_step(cfg, graphdef, teacher_graphdef, tx, mesh=mesh)
     jitted = jit_train_step(step, mesh, state_sh, teacher_sh)
     t = time.perf_counter()
     compiled = jitted.lower(_abstract(state, state_sh), _abstract(teacher_params, teacher_sh), batch).compile()
@@ -69,4 +71,5 @@ def plan_step(cfg: TrainConfig, *, teacher_config: ModelConfig | None) -> StepPl
         devices=mesh.size, mesh=dict(mesh.shape), student_params=count(params), teacher_params=count(teacher_params),
         state_bytes=_bytes(state), per_device_argument_bytes=mem.argument_size_in_bytes,
         per_device_temp_bytes=mem.temp_size_in_bytes, per_device_output_bytes=mem.output_size_in_bytes,
-        per_device_peak_bytes=mem.argument_size_in_bytes + mem.temp_size_in_bytes, compile_seconds=seconds)
+        per_device_peak_bytes=mem.argument_size_in_bytes + mem.temp_size_in_bytes, compile_seconds=seconds,
+        logits_spec=tuple(vocab_sharding(mesh).spec), weights_in_order=True)

@@ -8,6 +8,7 @@ Two schemes, both returning `TeacherTargets` with `k` slots per position (paddin
           The key of each position is fold_in(fold_in(key(seed), row), position): targets do
           not depend on batching or chunking.
 `chunked_targets` computes logits a few positions at a time, so (B, T, V) never exists.
+`shared_vocab_logits` restricts a larger-vocabulary teacher's logits to the student's ids.
 """
 
 from collections.abc import Callable
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from nano.chunks import merge_positions, split_positions
+from nano.errors import NanoError
 
 PAD_LOGPROB = -1e30  # log-prob of padding slots: finite, so 0 * PAD_LOGPROB stays 0
 SCHEMES = ("topk", "sample")
@@ -30,6 +32,15 @@ class TeacherTargets(NamedTuple):
     logprobs: Float[Array, "*P k"]  # log p_teacher(id), full softmax; PAD_LOGPROB in padding
     weights: Float[Array, "*P k"]  # the target distribution over `ids` (sums to 1); 0 in padding
     lse: Float[Array, "*P"]  # logsumexp of the teacher logits (logit = logprob + lse)
+
+
+def shared_vocab_logits(logits: Float[Array, "*P Vt"], vocab: int) -> Float[Array, "*P V"]:
+    """The teacher's logits over the student's ids, the first `vocab` (Vt >= vocab), before any
+    softmax: Gemma 3 4B/12B/27B have 262,208 rows, the tokenizer's 262,144 ids then 64 unused
+    padding rows, so the target is the teacher's softmax over the ids a student can emit."""
+    if logits.shape[-1] < vocab:
+        raise NanoError(f"teacher logits have {logits.shape[-1]:,} ids, fewer than the student's {vocab:,}; use a teacher whose vocabulary covers the student's")
+    return logits[..., :vocab]
 
 
 def topk_targets(logits: Float[Array, "*P V"], k: int) -> TeacherTargets:

@@ -4,6 +4,7 @@ resume. Data order and randomness are pure functions of (seed, step), so a resum
 replays the uninterrupted one."""
 
 import dataclasses
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -17,13 +18,15 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from distill.mesh import batch_sharding, make_mesh, replicated, tree_shardings
+from distill.distributed import barrier, is_main_process, process_rows, put_global, to_host
+from distill.mesh import batch_sharding, make_mesh, replicated, tree_shardings, vocab_sharding
 from nano.checkpoint import load_checkpoint, load_meta, load_tokenizer, save_checkpoint
 from nano.config import get_preset
+from nano.data.stream import TokenRows
 from nano.errors import NanoError
 from nano.eval import chunked_nll, evaluate
 from nano.files import read_json, write_json
-from nano.model import Transformer, set_compute_dtype
+from nano.model import REMAT_POLICIES, Transformer, set_compute_dtype
 
 LOSSES = ("forward_kl", "reverse_kl", "jsd")
 COMPUTE_DTYPES = ("auto", "bfloat16", "float32")
@@ -49,9 +52,11 @@ class TrainConfig:
     beta: float = 0.5  # generalized JSD mixing
     alpha: float = 0.0  # weight of hard-label cross-entropy mixed into the distillation loss
     freeze_embed: bool = False  # keep the tied embedding / LM head as it starts (no gradient, no Adam moments)
+    qat: bool = False  # quantization-aware: train through the grid of the quantized `init` checkpoint
     onpolicy: float = 0.0  # GKD's lambda: fraction of steps trained on student-sampled continuations
     onpolicy_temperature: float = 1.0
     compute_dtype: str = "auto"  # auto: float32 on CPUs (XLA:CPU has no fast bf16: ~3x slower), bfloat16 elsewhere
+    remat: str = "none"  # what each student block keeps for the backward pass (nano.model.REMAT_POLICIES)
     checkpoint_every: int = 25
     eval_every: int = 25
     eval_windows: int = 8  # held-out windows scored every eval_every steps (0: none)
@@ -66,6 +71,8 @@ class TrainConfig:
             problems.append(f"loss {self.loss!r} (choose {', '.join(LOSSES)})")
         if self.compute_dtype not in COMPUTE_DTYPES:
             problems.append(f"compute_dtype {self.compute_dtype!r} ({', '.join(COMPUTE_DTYPES)})")
+        if self.remat not in REMAT_POLICIES:
+            problems.append(f"remat {self.remat!r} ({', '.join(REMAT_POLICIES)})")
         if self.batch_size % self.grad_accum:
             problems.append(f"batch_size {self.batch_size} not divisible by grad_accum {self.grad_accum}")
         if not 0 <= self.alpha <= 1 or not 0 <= self.beta <= 1:
@@ -76,6 +83,8 @@ class TrainConfig:
             problems.append("onpolicy needs an online teacher (a checkpoint), which scores the student's samples")
         if self.temperature <= 0 or self.lr <= 0 or self.seq_len < 2 or self.tokens <= 0:
             problems.append("temperature, lr, tokens must be > 0 and seq_len >= 2")
+        if self.qat and not self.init:
+            problems.append("qat needs init: the quantized checkpoint (`nano quantize`) whose grid it trains")
         if problems:
             raise NanoError("distill config: invalid " + "; ".join(problems))
 
@@ -112,13 +121,39 @@ def lr_schedule(cfg: TrainConfig) -> optax.Schedule:
         decay_steps=max(cfg.steps, warmup + 1), end_value=cfg.lr * cfg.min_lr_ratio)
 
 
+@dataclasses.dataclass(frozen=True)
+class WeightView:
+    """Extra trainable arrays through which the student's weights are seen, e.g. quantization-aware
+    training's per-group scales: the forward uses `apply(weights, extra)`. With a view the trained
+    parameters are `{"weights": ..., "view": extra}`."""
+
+    extra: Any  # pytree of arrays
+    apply: Callable[[Any, Any], Any]  # (weights, extra) -> weights the model computes with
+
+
+def _keys(path) -> list:
+    return [getattr(k, "key", None) for k in path]
+
+
 def _is_embed(path) -> bool:
-    return getattr(path[0], "key", None) == "embed"
+    keys = _keys(path)
+    return keys[:1] == ["embed"] or keys[:2] == ["weights", "embed"]
+
+
+def _is_view(path) -> bool:
+    return _keys(path)[:1] == ["view"]
+
+
+def model_params(cfg: TrainConfig, params, view: WeightView | None):
+    """What the student computes with: `params` frozen as `cfg` says, seen through `view`."""
+    params = frozen(cfg, params)
+    return params if view is None else view.apply(params["weights"], params["view"])
 
 
 def optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    # Decay matrices (kernels and the embedding), not norm gains (as in nanoGPT).
-    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim == 2, params)
+    # Decay matrices (kernels and the embedding), not norm gains (as in nanoGPT) or a view's arrays.
+    decay_mask = lambda params: jax.tree_util.tree_map_with_path(lambda path, p: p.ndim == 2 and not _is_view(path),
+                                                                 params)
     tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm),
                      optax.adamw(lr_schedule(cfg), b1=0.9, b2=0.95, weight_decay=cfg.weight_decay,
                                  mask=decay_mask))
@@ -140,33 +175,53 @@ def frozen(cfg: TrainConfig, params):
 
 
 def batch_rows(num_rows: int, step: int, batch: int, seed: int) -> np.ndarray:
-    """Row indices of optimizer step `step`: epochs of seeded permutations, a pure function."""
+    """Row indices of optimizer step `step`: epochs of seeded permutations, a pure function.
+    A step costs O(batch): each epoch's permutation is drawn once (see `_epoch_order`)."""
     start = step * batch
     out = []
     while len(out) < batch:
         epoch, offset = divmod(start + len(out), num_rows)
-        perm = np.random.default_rng([seed, epoch]).permutation(num_rows)
+        perm = _epoch_order(num_rows, seed, epoch)
         out.extend(perm[offset: offset + batch - len(out)].tolist())
     return np.asarray(out, dtype=np.int64)
 
 
+@functools.lru_cache(maxsize=2)  # the current epoch and the next, which a batch may straddle into
+def _epoch_order(num_rows: int, seed: int, epoch: int) -> np.ndarray:
+    """Epoch `epoch`'s row order, memoised so steps stop redrawing it (a cache of a pure
+    function, read-only): int32 below 2**31 rows, 4 MB per million rows (20 MB for 10B tokens
+    in 2,048-token rows)."""
+    order = np.arange(num_rows, dtype=np.int32 if num_rows < 2**31 else np.int64)
+    np.random.default_rng([seed, epoch]).shuffle(order)  # = .permutation(num_rows), in half its memory
+    order.flags.writeable = False
+    return order
+
+
 def step_loss(student: Transformer, teacher: Transformer | None, inputs: jax.Array, labels: jax.Array,
-              mask: jax.Array, sparse, cfg: TrainConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
+              mask: jax.Array, sparse, cfg: TrainConfig, *,
+              logits_sharding=None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Mean loss over positions selected by `mask` (B, T): position t of `inputs` predicts
     `labels[:, t]`. The teacher signal is the online `teacher`, cached `sparse` targets
-    (ids, logprobs, weights), or neither (cross-entropy on the data)."""
+    (ids, logprobs, weights), or neither (cross-entropy on the data). `logits_sharding`: how
+    each (B, c, V) logits chunk is laid out on a mesh (`vocab_sharding`)."""
     from distill.losses import DenseTargets, SparseTargets, distill_loss
+    from distill.targets import shared_vocab_logits
 
-    h, _ = student.hidden(inputs)
+    def laid_out(logits):
+        return logits if logits_sharding is None else jax.lax.with_sharding_constraint(logits, logits_sharding)
+
+    h, _ = student.hidden(inputs, remat=cfg.remat, in_order=True)
     if teacher is not None:
-        targets = DenseTargets(jax.lax.stop_gradient(teacher.hidden(inputs)[0]), teacher.logits)
+        vocab = student.config.vocab_size
+        targets = DenseTargets(jax.lax.stop_gradient(teacher.hidden(inputs, in_order=True)[0]),
+                               lambda ht: laid_out(shared_vocab_logits(teacher.logits(ht), vocab)))
     elif sparse is not None:
         targets = SparseTargets(*sparse)
     else:
         ce = jnp.sum(chunked_nll(student, h, labels) * mask) / jnp.maximum(jnp.sum(mask), 1.0)
         return ce, {"ce": ce}
-    return distill_loss(student.logits, h, labels, targets, kind=cfg.loss, temperature=cfg.temperature,
-                        beta=cfg.beta, alpha=cfg.alpha, mask=mask)
+    return distill_loss(lambda hs: laid_out(student.logits(hs)), h, labels, targets, kind=cfg.loss,
+                        temperature=cfg.temperature, beta=cfg.beta, alpha=cfg.alpha, mask=mask)
 
 
 def is_onpolicy_step(cfg: TrainConfig, step: int) -> bool:
@@ -174,16 +229,19 @@ def is_onpolicy_step(cfg: TrainConfig, step: int) -> bool:
     return cfg.onpolicy > 0 and np.random.default_rng([cfg.seed, step, 1]).random() < cfg.onpolicy
 
 
-def make_train_step(cfg: TrainConfig, student_graphdef, teacher_graphdef, tx: optax.GradientTransformation):
+def make_train_step(cfg: TrainConfig, student_graphdef, teacher_graphdef, tx: optax.GradientTransformation,
+                    view: WeightView | None = None, *, mesh: Mesh | None = None):
     """The pure step `(state, teacher_params, tokens) -> (state, metrics)`; the teacher's
-    weights are an argument (sharded like the student's), never a baked-in constant."""
+    weights are an argument (sharded like the student's), never a baked-in constant. `mesh`:
+    the one it will run on, for the layout of the logits (`vocab_sharding`)."""
     micro = cfg.batch_size // cfg.grad_accum
+    logits_sharding = None if mesh is None else vocab_sharding(mesh)
 
     def loss_fn(params, teacher_params, batch):
-        student = nnx.merge(student_graphdef, frozen(cfg, params))
+        student = nnx.merge(student_graphdef, model_params(cfg, params, view))
         teacher = None if teacher_graphdef is None else nnx.merge(teacher_graphdef, teacher_params)
         return step_loss(student, teacher, batch["inputs"], batch["labels"], batch["mask"],
-                         batch.get("sparse"), cfg)
+                         batch.get("sparse"), cfg, logits_sharding=logits_sharding)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -218,15 +276,16 @@ def jit_train_step(step: Callable, mesh: Mesh, state_shardings, teacher_sharding
 class Trainer:
     """Owns the jitted step, the sharded state and the checkpoint manager of one run.
 
-    `rows` (N, seq_len) are the token rows to learn (labels); the model sees BOS + row[:-1].
+    `rows` are the token rows to learn (labels), a `TokenRows` read on demand from the data's
+    shards or an (N, seq_len) array; the model sees BOS + row[:-1], built per batch.
     The teacher signal is `teacher_ckpt` (online), `cache` (a TeacherCache), or neither."""
 
     def __init__(self, cfg: TrainConfig, out: str | Path, *, teacher_ckpt: Path | None,
-                 rows: np.ndarray, eval_windows: np.ndarray | None, bos_id: int = 2, cache=None):
-        from distill.teacher_cache import row_inputs
-
-        self.cfg, self.out, self.eval_windows, self.cache = cfg, Path(out), eval_windows, cache
-        self.labels, self.inputs = rows, row_inputs(rows, bos_id)
+                 rows: TokenRows | np.ndarray, eval_windows: np.ndarray | None, bos_id: int = 2, cache=None,
+                 view: WeightView | None = None):
+        self.cfg, self.out, self.eval_windows, self.cache, self.view = cfg, Path(out), eval_windows, cache, view
+        self.rows = rows if isinstance(rows, TokenRows) else TokenRows.from_array(rows)
+        self.bos_id = bos_id
         self.mesh = _mesh(cfg)
         if cfg.init:
             student = load_checkpoint(cfg.init, dtype=cfg.compute_jnp_dtype, param_dtype=jnp.float32)
@@ -235,6 +294,8 @@ class Trainer:
             config = get_preset(cfg.student)
             student = Transformer(config, rngs=nnx.Rngs(cfg.seed), dtype=cfg.compute_jnp_dtype)
         self.graphdef, params = nnx.split(student, nnx.Param)
+        if view is not None:
+            params = {"weights": params, "view": jax.tree.map(jnp.asarray, view.extra)}
         teacher_graphdef, teacher_params = _teacher(cfg, teacher_ckpt, config.vocab_size)
         _check_cache_vocab(cfg, cache, config.vocab_size)
         self.tx = optimizer(cfg)
@@ -242,19 +303,26 @@ class Trainer:
         teacher_shardings, self.teacher_params = _place(teacher_params, self.mesh)
         self.manager = _checkpoint_manager(self.out)
         self._batch_sharding = batch_sharding(self.mesh)
-        self._step_fn = jit_train_step(make_train_step(cfg, self.graphdef, teacher_graphdef, self.tx),
+        self._local_rows = process_rows(self._batch_sharding, cfg.batch_size)  # this process's block
+        self._step_fn = jit_train_step(make_train_step(cfg, self.graphdef, teacher_graphdef, self.tx, view,
+                                                       mesh=self.mesh),
                                        self.mesh, self.state_shardings, teacher_shardings)
-        self._sample_fn = _sampler(cfg, self.graphdef, self._batch_sharding)
+        self._sample_fn = _sampler(cfg, self.graphdef, self._batch_sharding, view)
         # On-policy steps score only what the student wrote: positions prompt-1 onwards.
         self._onpolicy_mask = (np.arange(cfg.seq_len) >= _prompt_len(cfg) - 1).astype(np.float32)
 
     def batch(self, step: int) -> tuple[dict[str, Any], bool]:
         """The batch of optimizer step `step` (a pure function of seed and step)."""
+        from distill.teacher_cache import row_inputs
+
         cfg = self.cfg
-        idx = batch_rows(len(self.labels), step, cfg.batch_size, cfg.seed)
-        put = lambda x: jax.device_put(x, self._batch_sharding)
-        batch = {"inputs": put(self.inputs[idx]), "labels": put(self.labels[idx].astype(np.int32)),
-                 "mask": put(np.ones((cfg.batch_size, cfg.seq_len), np.float32))}
+        idx = batch_rows(len(self.rows), step, cfg.batch_size, cfg.seed)
+        idx = idx[self._local_rows]  # each process reads only the rows of its own devices
+        labels = self.rows.take(idx)  # (b, T) int32, read from the shards now
+        put = lambda x: jax.make_array_from_process_local_data(self._batch_sharding, x,
+                                                               (cfg.batch_size, *x.shape[1:]))
+        batch = {"inputs": put(row_inputs(labels, self.bos_id)), "labels": put(labels),
+                 "mask": put(np.ones((len(idx), cfg.seq_len), np.float32))}
         if self.cache is not None:
             t = self.cache.targets(idx)
             batch["sparse"] = tuple(put(x) for x in (t.ids, t.logprobs, t.weights))
@@ -263,7 +331,7 @@ class Trainer:
             key = jax.random.fold_in(jax.random.key(cfg.seed), step)
             seq = self._sample_fn(self.state["params"], batch["inputs"], key)
             batch["inputs"], batch["labels"] = seq[:, :-1], seq[:, 1:]
-            batch["mask"] = put(np.broadcast_to(self._onpolicy_mask, (cfg.batch_size, cfg.seq_len)).copy())
+            batch["mask"] = put(np.broadcast_to(self._onpolicy_mask, (len(idx), cfg.seq_len)).copy())
         return batch, onpolicy
 
     # ---- checkpoints ----------------------------------------------------------------------
@@ -293,9 +361,10 @@ class Trainer:
         cfg = self.cfg
         from tensorboardX import SummaryWriter
 
-        metrics_path = self.out / "metrics.jsonl"
-        _truncate_metrics(metrics_path, start)
-        board = SummaryWriter(str(self.out / "tensorboard"), purge_step=start + 1 if start else None)
+        metrics_path, main = self.out / "metrics.jsonl", is_main_process()  # process 0 writes them
+        if main:
+            _truncate_metrics(metrics_path, start)
+            board = SummaryWriter(str(self.out / "tensorboard"), purge_step=start + 1 if start else None)
         last: dict[str, float] = {}
         tokens_per_step, schedule = cfg.batch_size * cfg.seq_len, lr_schedule(cfg)
         timed, seconds = 0, 0.0  # training throughput: no compiling first step, no eval/checkpoints
@@ -309,32 +378,56 @@ class Trainer:
                 timed, seconds = timed + 1, seconds + time.perf_counter() - t
                 record["tokens_per_s"] = timed * tokens_per_step / seconds
             if self.eval_windows is not None and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
-                record["heldout_ppl"] = evaluate(self.student_for_eval(), self.eval_windows).perplexity
-            _append_metrics(metrics_path, record)
-            for k, v in record.items():
-                if k != "step":
-                    board.add_scalar(k, float(v), step + 1)
+                student = self.student_for_eval()  # every process gathers; process 0 scores
+                if main:
+                    record["heldout_ppl"] = evaluate(student, self.eval_windows).perplexity
+            if main:
+                _append_metrics(metrics_path, record)
+                for k, v in record.items():
+                    if k != "step":
+                        board.add_scalar(k, float(v), step + 1)
             last = record
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
                 self.save(step + 1)
             if progress:
                 progress(step + 1, cfg.steps, record)
-        board.close()
+        if main:
+            board.close()
         return last
 
     def student_for_eval(self) -> Transformer:
-        """The current student on the host, computing in float32."""
-        return set_compute_dtype(nnx.merge(self.graphdef, jax.device_get(self.state["params"])), jnp.float32)
+        """The current student on the host, computing in float32, seen through the view (every
+        process must call it)."""
+        params = model_params(self.cfg, to_host(self.state["params"]), self.view)
+        return set_compute_dtype(nnx.merge(self.graphdef, params), jnp.float32)
+
+    def weights_and_view(self) -> tuple[Transformer, Any]:
+        """(the student with its own trained weights, the view's arrays) on the host (every
+        process must call it)."""
+        params = to_host(self.state["params"])
+        if self.view is None:
+            return nnx.merge(self.graphdef, params), None
+        return nnx.merge(self.graphdef, params["weights"]), params["view"]
 
 
 # ---- the trainer's parts ----------------------------------------------------------------------
 
 def _mesh(cfg: TrainConfig) -> Mesh:
-    """The ('data', 'fsdp') mesh, once a batch splits evenly over its devices and micro-batches."""
+    """The ('data', 'fsdp') mesh, once a batch splits evenly over its processes, devices and
+    micro-batches."""
+    check_process_split(cfg.batch_size, jax.process_count())
     mesh = make_mesh(cfg.mesh_data, cfg.mesh_fsdp)
+    if jax.process_count() > 1 and mesh.size != jax.device_count():
+        raise NanoError(f"mesh data={cfg.mesh_data} x fsdp={cfg.mesh_fsdp} uses {mesh.size} of {jax.device_count()} devices; a multi-process run needs them all: fix mesh_data/mesh_fsdp in the config")
     if cfg.batch_size % (mesh.size * cfg.grad_accum) and mesh.size > 1:
         raise NanoError(f"batch_size {cfg.batch_size} must split over {mesh.size} devices x {cfg.grad_accum} micro-batches")
     return mesh
+
+
+def check_process_split(batch_size: int, processes: int) -> None:
+    """Each process feeds an equal block of every batch."""
+    if batch_size % processes:
+        raise NanoError(f"batch_size {batch_size} does not split over {processes} processes (--num-processes); use a multiple of {processes}")
 
 
 def _teacher(cfg: TrainConfig, teacher_ckpt: Path | None, vocab_size: int) -> tuple[Any, Any]:
@@ -342,8 +435,9 @@ def _teacher(cfg: TrainConfig, teacher_ckpt: Path | None, vocab_size: int) -> tu
     if teacher_ckpt is None:
         return None, {}
     teacher = load_checkpoint(teacher_ckpt, dtype=cfg.compute_jnp_dtype)
-    if teacher.config.vocab_size != vocab_size:
-        raise NanoError(f"teacher {teacher_ckpt} has a {teacher.config.vocab_size:,}-token vocabulary but student {_student_name(cfg)} has {vocab_size:,}; pick a student with the teacher's vocabulary")
+    # A larger teacher vocabulary is fine (Gemma 3 4B+: 64 padding rows): see shared_vocab_logits.
+    if teacher.config.vocab_size < vocab_size:
+        raise NanoError(f"teacher {teacher_ckpt} has a {teacher.config.vocab_size:,}-token vocabulary but student {_student_name(cfg)} has {vocab_size:,}; pick a student with at most the teacher's vocabulary")
     return nnx.split(teacher, nnx.Param)
 
 
@@ -376,7 +470,7 @@ def _check_cache_vocab(cfg: TrainConfig, cache, vocab_size: int) -> None:
 def _place(tree: Any, mesh: Mesh) -> tuple[Any, Any]:
     """(shardings, `tree` put on the devices with them)."""
     shardings = tree_shardings(tree, mesh)
-    return shardings, jax.device_put(tree, shardings)
+    return shardings, put_global(tree, shardings)
 
 
 def _checkpoint_manager(out: Path):
@@ -392,14 +486,14 @@ def _prompt_len(cfg: TrainConfig) -> int:
     return cfg.seq_len // 2
 
 
-def _sampler(cfg: TrainConfig, graphdef, sharding) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
+def _sampler(cfg: TrainConfig, graphdef, sharding, view: WeightView | None) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
     """Jitted `(params, inputs (B, T), key) -> (B, T+1)`: the prompt, then the student's sample."""
     prompt = _prompt_len(cfg)
 
     def sample_batch(params, inputs, key):
         from nano.generate import sample_continuations
 
-        return sample_continuations(nnx.merge(graphdef, params), inputs[:, :prompt],
+        return sample_continuations(nnx.merge(graphdef, model_params(cfg, params, view)), inputs[:, :prompt],
                                     length=cfg.seq_len - prompt + 1, key=key,
                                     temperature=cfg.onpolicy_temperature)
 
@@ -441,6 +535,23 @@ def _teacher_cache_manifest(path: str) -> dict[str, Any] | None:
     return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
 
 
+TOPOLOGY = "run.json"  # the processes and devices a run trains on
+
+
+def _topology() -> dict[str, int]:
+    return {"processes": jax.process_count(), "devices": jax.device_count()}
+
+
+def _check_topology(out: Path) -> None:
+    """--resume on the processes and devices the run started on: other counts would feed each
+    device other rows and reduce in another order, so the curve would not continue exactly."""
+    path = out / TOPOLOGY
+    saved = read_json(path, missing=f"{path}: missing") if path.is_file() else {"processes": 1}  # older runs: one process
+    current = _topology()
+    if any(saved[k] != current[k] for k in saved):
+        raise NanoError(f"{path}: the run started on {saved['processes']} process(es) with {saved.get('devices', 'unrecorded')} devices, this --resume has {current['processes']} with {current['devices']}; resume with the same --num-processes and devices per process or choose another --out")
+
+
 @dataclasses.dataclass
 class Run:
     """A validated, ready-to-train run: every check has passed before the first step."""
@@ -451,18 +562,29 @@ class Run:
     start: int
     tokenizer: Any
 
-    def train(self, progress: Callable[[int, int, dict[str, float]], None] | None = None) -> dict[str, Any]:
-        """Train to the end, then write `out/student` as a Nano checkpoint."""
+    def train(self, progress: Callable[[int, int, dict[str, float]], None] | None = None, *,
+              write_student: Callable[[Transformer, Any, Path, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Train to the end, then write `out/student` (process 0): a Nano checkpoint, or what
+        `write_student(model, view arrays, path, meta)` writes (e.g. a quantized checkpoint after
+        quantization-aware training)."""
         last = self.trainer.run(start=self.start, progress=progress)
-        save_checkpoint(self.out / "student", self.trainer.student_for_eval(), tokenizer=self.tokenizer,
-                        overwrite=True, meta={"distilled_from": str(self.cfg.teacher),
-                                              "train_config": dataclasses.asdict(self.cfg)})
+        meta = {"distilled_from": str(self.cfg.teacher), "train_config": dataclasses.asdict(self.cfg)}
+        if write_student is not None:
+            model, view = self.trainer.weights_and_view()
+            if is_main_process():
+                write_student(model, view, self.out / "student", meta)
+        else:
+            student = self.trainer.student_for_eval()
+            if is_main_process():
+                save_checkpoint(self.out / "student", student, tokenizer=self.tokenizer, overwrite=True, meta=meta)
         return {"steps": self.cfg.steps, "resumed_from": self.start, **last}
 
 
-def start_run(cfg: TrainConfig, out: str | Path, *, resume: bool = False) -> Run:
+def start_run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, view: WeightView | None = None) -> Run:
     """Check everything (config, teacher, vocabularies, data) and build the trainer; nothing
-    is written to `out` until all checks pass."""
+    is written to `out` until all checks pass. `view`: see `WeightView` (required with `cfg.qat`)."""
+    if cfg.qat and view is None:
+        raise NanoError("distill config: qat needs the quantized grid as a WeightView (`nano distill --qat` builds it)")
     from nano.convert import resolve_teacher
     from nano.data.prepare import prepare_default
     from nano.data.shards import TokenSplit, eval_windows
@@ -475,10 +597,12 @@ def start_run(cfg: TrainConfig, out: str | Path, *, resume: bool = False) -> Run
         saved, current = json.loads(cfg_path.read_text()), dataclasses.asdict(cfg)
         # a field added since the run started is at its default there (e.g. freeze_embed)
         saved = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name not in saved} | saved
+        saved["remat"] = current["remat"]  # memory, not values: resume with another setting after an OOM
         if saved != current:
             diff = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
             raise NanoError(f"{cfg_path}: --resume with a different config (fields {diff}); resume with the same settings or choose another --out")
-    from distill.teacher_cache import TeacherCache, training_rows
+        _check_topology(out)
+    from distill.teacher_cache import TeacherCache
 
     cache = None
     cache_meta = _teacher_cache_manifest(cfg.teacher) if cfg.teacher else None
@@ -505,10 +629,10 @@ def start_run(cfg: TrainConfig, out: str | Path, *, resume: bool = False) -> Run
     _check_init(cfg, tokenizer)
     train = TokenSplit.open(data_dir, "train")
     train.check_tokenizer(load_meta(tok_source).get("tokenizer_sha256", tokenizer.sha256))
-    rows = training_rows(train.tokens, cfg.seq_len)
+    rows = TokenRows(train.tokens, cfg.seq_len)  # the shards stay on disk: a batch reads its rows
     if cache is not None:
         cache.check_data(train.tokens)
-        rows = rows[: cache.num_rows]
+        rows = rows.head(cache.num_rows)
     if len(rows) < cfg.batch_size:
         raise NanoError(f"{data_dir}: the train split has {len(rows)} rows of {cfg.seq_len} tokens, fewer than one batch of {cfg.batch_size}; add text or lower --batch-size/--seq-len")
     heldout = TokenSplit.open(data_dir, "heldout")
@@ -517,8 +641,11 @@ def start_run(cfg: TrainConfig, out: str | Path, *, resume: bool = False) -> Run
     if windows is not None and len(windows) == 0:
         raise NanoError(f"{data_dir}: the heldout split is shorter than one {cfg.eval_window}-token window; add text, lower eval_window or set eval_windows to 0")
     trainer = Trainer(cfg, out, teacher_ckpt=teacher_ckpt, rows=rows, eval_windows=windows,
-                      bos_id=tokenizer.bos_id, cache=cache)
-    write_json(cfg_path, dataclasses.asdict(cfg))
+                      bos_id=tokenizer.bos_id, cache=cache, view=view)
+    barrier("nano distill: every process checked the run")  # before process 0 writes into it
+    if is_main_process():
+        write_json(cfg_path, dataclasses.asdict(cfg))
+        write_json(out / TOPOLOGY, _topology())
     start = trainer.restore_latest() if resume else 0
     return Run(cfg=cfg, out=out, trainer=trainer, start=start, tokenizer=tokenizer)
 

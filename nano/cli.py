@@ -467,9 +467,16 @@ def distill_cmd(
     seed: Annotated[Optional[int], typer.Option(help="Seed (init, data order).")] = None,
     compute_dtype: Annotated[Optional[str], typer.Option(help="auto (float32 on CPU, bfloat16 on accelerators), bfloat16 or float32.")] = None,
     freeze_embed: Annotated[bool, typer.Option("--freeze-embed", help="Keep the tied embedding / LM head as it starts (e.g. from --init): no gradient, no Adam moments.")] = False,
+    qat: Annotated[bool, typer.Option("--qat", help="Quantization-aware: train --init (a `nano quantize` checkpoint) through its own 4/8-bit grid, learning weights and scales; writes a quantized checkpoint.")] = False,
+    remat: Annotated[Optional[str], typer.Option(help="What each student block keeps for the backward pass: none, block (its input only: least memory, ~1/3 more compute) or dots (+ its weight matmuls' outputs).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+    coordinator: Annotated[Optional[str], typer.Option(envvar="NANO_COORDINATOR", help="Multi-process run: HOST:PORT of process 0 (which listens there).")] = None,
+    num_processes: Annotated[Optional[int], typer.Option(envvar="NANO_NUM_PROCESSES", help="Multi-process run: how many processes.")] = None,
+    process_id: Annotated[Optional[int], typer.Option(envvar="NANO_PROCESS_ID", help="Multi-process run: this process, 0..N-1.")] = None,
+    coordinator_timeout: Annotated[float, typer.Option(envvar="NANO_COORDINATOR_TIMEOUT", help="Seconds to wait for the coordinator and the other processes.")] = 300,
 ) -> None:
-    """Train a student on a teacher's probabilities; resumable (`--resume`) after any kill."""
+    """Train a student on a teacher's probabilities; resumable (`--resume`) after any kill.
+    Several processes (one per host) train one run with --coordinator/--num-processes/--process-id."""
     if ctx.invoked_subcommand is not None:
         return
     if out is None:
@@ -481,20 +488,44 @@ def distill_cmd(
     options = dict(teacher=teacher, student=student, init=init, data=data, tokens=tokens, seq_len=seq_len,
                    batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps, loss=loss, temperature=temperature,
                    alpha=alpha, beta=beta, seed=seed, compute_dtype=compute_dtype,
-                   freeze_embed=freeze_embed or None)
+                   freeze_embed=freeze_embed or None, qat=qat or None, remat=remat)
     given = {k: v for k, v in options.items() if v is not None}  # what the command line sets
     if teacher == "none":
         given["teacher"] = None
     cfg = TrainConfig.from_file(config, **given) if config is not None else TrainConfig(**given)
+    from distill.distributed import initialize, is_main_process
+
+    initialize(coordinator, num_processes, process_id, timeout_s=coordinator_timeout)  # before any JAX call
+    view, write_student = _qat(cfg) if cfg.qat else (None, None)
     with err_console.status("checking the teacher, data and student"):
-        run = start_run(cfg, out, resume=resume)
+        run = start_run(cfg, out, resume=resume, view=view)
+    if not is_main_process():  # process 0 reports for the run
+        run.train(write_student=write_student)
+        return
     with training_bar(cfg.steps) as report:
-        result = run.train(report)
+        result = run.train(report, write_student=write_student)
     table = Table("steps", "loss", "held-out ppl", "tokens/s", "student")
     table.add_row(str(result["steps"]), f"{result.get('loss', float('nan')):.4f}",
                   f"{result.get('heldout_ppl', float('nan')):.2f}", f"{result.get('tokens_per_s', 0):,.0f}",
                   str(out / "student"))
     console.print(table)
+
+
+def _qat(cfg):
+    """(the WeightView of `cfg.init`'s quantized grid, the writer of the trained quantized checkpoint)."""
+    import functools
+
+    from distill.train import WeightView
+    from nano.checkpoint import flat_params, load_tokenizer
+    from quantize import qat
+
+    scales, grid = qat.start(cfg.init)
+
+    def write(model, trained_scales, path, meta):
+        qat.save(path, init=cfg.init, model_params=flat_params(model), scales=trained_scales, grid=grid,
+                 config=model.config, tokenizer=load_tokenizer(cfg.init), meta=meta)
+
+    return WeightView(extra=scales, apply=functools.partial(qat.apply, grid=grid)), write
 
 
 @distill_app.command("cache-teacher")
@@ -510,21 +541,52 @@ def cache_teacher(
     seed: Annotated[int, typer.Option(help="Sampling seed (scheme=sample).")] = 0,
     rows: Annotated[Optional[int], typer.Option(help="Label only the first N rows (default: all).")] = None,
     batch_size: Annotated[int, typer.Option(help="Rows per teacher forward.")] = 4,
+    num_processes: Annotated[Optional[int], typer.Option(help="Independent processes sharing the labelling (shard i goes to process i mod N); default $SLURM_NTASKS, else 1.")] = None,
+    process_id: Annotated[Optional[int], typer.Option(help="This process's index, 0..N-1; default $SLURM_PROCID, else 0.")] = None,
 ) -> None:
     """Run the teacher once over the data and store compressed per-token targets for reuse."""
-    from distill.teacher_cache import build_cache
+    from distill.teacher_cache import build_cache, missing_shards
     from nano.checkpoint import load_tokenizer
     from nano.data.prepare import prepare_default
 
+    num_processes, process_id = _process_slot(num_processes, process_id)
     ckpt = _checkpoint(teacher)
     data_dir = Path(data) if data else prepare_default(load_tokenizer(ckpt))
     with progress_bar() as report:
         manifest = build_cache(ckpt, data_dir, out, split=split, seq_len=seq_len, k=k, scheme=scheme, seed=seed,
-                               max_rows=rows, batch_size=batch_size,
-                               progress=lambda d, t: report("teacher rows", d, t))
+                               max_rows=rows, batch_size=batch_size, process_id=process_id,
+                               num_processes=num_processes, progress=lambda d, t: report("teacher rows", d, t))
+    if not manifest["complete"]:
+        missing = len(missing_shards(out, manifest))
+        console.print(f"process {process_id} of {num_processes}: its shards are in {out}; {missing} shards of other "
+                      "processes still missing (the last process to finish writes the manifest)")
+        return
     size = sum(e["bytes"] for e in manifest["shards"])
     tokens = manifest["rows"]["total"] * manifest["rows"]["seq_len"]
     console.print(f"wrote {out}: {tokens:,} tokens, k={k} {scheme}, {size / max(tokens, 1):.0f} bytes/token")
+
+
+def _process_slot(num_processes: int | None, process_id: int | None) -> tuple[int, int]:
+    """(--num-processes, --process-id), each defaulting to what a launcher sets (SLURM: one task
+    per process), else 1 and 0; one line naming the option or variable when out of range."""
+    def resolve(value: int | None, flag: str, env: str, default: int) -> tuple[int, str]:
+        if value is not None:
+            return value, flag
+        raw = os.environ.get(env)
+        if raw is None:
+            return default, flag
+        try:
+            return int(raw), f"${env}"
+        except ValueError:
+            raise NanoError(f"${env}={raw!r} is not an integer; pass {flag}") from None
+
+    n, n_from = resolve(num_processes, "--num-processes", "SLURM_NTASKS", 1)
+    i, i_from = resolve(process_id, "--process-id", "SLURM_PROCID", 0)
+    if n < 1:
+        raise NanoError(f"{n_from} {n}: the number of processes must be at least 1")
+    if not 0 <= i < n:
+        raise NanoError(f"{i_from} {i} is out of range: process ids run 0..{n - 1} for {n_from} {n}")
+    return n, i
 
 
 @contextlib.contextmanager

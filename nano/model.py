@@ -25,6 +25,7 @@ from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
 from nano.config import ModelConfig
+from nano.errors import NanoError
 
 # One (k, v) pair per layer, each (B, kv_heads, S, head_dim): LiteRT-LM's layout.
 KVCache = list[tuple[Float[Array, "B K S H"], Float[Array, "B K S H"]]]
@@ -37,6 +38,13 @@ _MASKED = -1e30  # finite, so a fully masked row can never produce NaN
 # of the block's four norms are tapped too, for pruning (distill/prune): "resid" (pre-attention
 # norm), "attn_out" (post-attention), "resid_mid" (pre-MLP) and "mlp_out" (post-MLP).
 Tap = Callable[[str, jax.Array], None]
+
+# What a training forward keeps of each block for the backward pass (`Transformer.hidden(remat=)`):
+# "none" every activation; "block" only the block's input, the rest recomputed during the backward
+# pass one block at a time (one more forward pass of the blocks: ~1/3 more student compute);
+# "dots" also the outputs of the weight matmuls (not the attention scores).
+REMAT_POLICIES = {"none": None, "block": jax.checkpoint_policies.nothing_saveable,
+                  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
 def cache_lengths(config: ModelConfig, length: int, *, ring: bool = True) -> list[int]:
@@ -276,10 +284,13 @@ class Transformer(nnx.Module):
         return (x * math.sqrt(self.config.d_model)).astype(self.dtype)
 
     def hidden(self, tokens: Int[Array, "B T"], *, cache: KVCache | None = None,
-               start: Int[Array, ""] | int = 0, length: Int[Array, ""] | int | None = None
-               ) -> tuple[Float[Array, "B T D"], KVCache | None]:
+               start: Int[Array, ""] | int = 0, length: Int[Array, ""] | int | None = None,
+               remat: str = "none", in_order: bool = False) -> tuple[Float[Array, "B T D"], KVCache | None]:
         """Final-normed hidden states; with `cache`, also the cache updated at [start, start+T).
-        `length`: the chunk's real tokens; the rest is padding (see the module doc)."""
+        `length`: the chunk's real tokens; the rest is padding (see the module doc).
+        `remat`: a key of REMAT_POLICIES, what each block keeps for a backward pass.
+        `in_order`: each block's weights are read (gathered over a mesh, converted) only once the
+        previous block's input exists (`weights_after`), so at most two blocks' are live."""
         start = jnp.asarray(start, jnp.int32)
         positions = start + jnp.arange(tokens.shape[1], dtype=jnp.int32)
         if length is not None:
@@ -287,7 +298,16 @@ class Transformer(nnx.Module):
         x = self.embed_tokens(tokens)
         new_cache = [] if cache is not None else None
         context = None if cache is None else cache_context(cache)
+        if remat not in REMAT_POLICIES or (remat != "none" and cache is not None):
+            raise NanoError(f"remat {remat!r}: choose one of {', '.join(REMAT_POLICIES)}, and 'none' with a cache")
+        previous = x
         for i, block in enumerate(self.layers):
+            wait_for, previous = (previous if in_order else None), x
+            if remat != "none":
+                x = remat_block(block, x, positions, REMAT_POLICIES[remat], wait_for)
+                continue
+            if wait_for is not None:
+                block = weights_after(block, wait_for)
             x, layer_cache = block(x, positions, None if cache is None else cache[i], start, context=context)
             if cache is not None:
                 new_cache.append(layer_cache)
@@ -305,6 +325,50 @@ class Transformer(nnx.Module):
                  ) -> tuple[Float[Array, "B T V"], KVCache | None]:
         h, cache = self.hidden(tokens, cache=cache, start=start, length=length)
         return self.logits(h), cache
+
+
+def remat_block(block: Block, x: Float[Array, "B T D"], positions: Int[Array, "T"],
+                policy: Callable[..., bool], wait_for: jax.Array | None = None) -> Float[Array, "B T D"]:
+    """`block` over whole rows (no cache) keeping only what `policy` saves for the backward pass,
+    which recomputes the rest once the block's output cotangent exists (`_recompute_late`).
+    `wait_for`: see `weights_after` (applied inside, so the saved weights are the originals)."""
+    graphdef, state = nnx.split(block)
+
+    def run(state, x, positions, wait_for):
+        block = nnx.merge(graphdef, state)
+        if wait_for is not None:
+            block = weights_after(block, wait_for)
+        return block(x, positions, None, 0)[0]
+
+    return _recompute_late(jax.checkpoint(run, policy=policy))(state, x, positions, wait_for)
+
+
+def weights_after(module: nnx.Module, x: jax.Array) -> nnx.Module:
+    """`module` with its weights made to depend on `x`, the same values: XLA cannot read them
+    before `x` exists. Left free, XLA:CPU gathered and converted every block's weights up front,
+    all live at once (nano1 from Gemma 3 4B: 15 GiB of teacher weights, benchmarks/nano1_plan.py)."""
+    graphdef, state = nnx.split(module)
+    return nnx.merge(graphdef, _plus_zero(state, jax.lax.stop_gradient(x)))
+
+
+def _recompute_late(f: Callable) -> Callable:
+    """`f` whose backward pass reads its saved values through a data dependency on the output
+    cotangent. jax.checkpoint's optimization barriers alone do not hold: XLA:CPU removes them
+    before CSE, which then merges the recomputation back into the forward pass (nano1: the same
+    peak memory with remat as without, benchmarks/nano1_plan.py)."""
+    @jax.custom_vjp
+    def g(*args):
+        return f(*args)
+
+    g.defvjp(lambda *args: jax.vjp(f, *args), lambda vjp, ct: _plus_zero(vjp, ct)(ct))
+    return g
+
+
+def _plus_zero(tree, x: jax.Array):
+    """Every float leaf of `tree` + 0 * the first element of `x`: the same values (XLA never folds
+    a float x * 0, which is NaN for an infinite x), computed after `x`."""
+    zero = 0.0 * x.reshape(-1)[0].astype(jnp.float32)
+    return jax.tree.map(lambda r: r + zero.astype(r.dtype) if jnp.issubdtype(r.dtype, jnp.floating) else r, tree)
 
 
 @nnx.jit

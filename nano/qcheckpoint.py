@@ -34,7 +34,7 @@ from safetensors.numpy import load_file, save_file
 from nano.atomic import atomic_dir
 from nano.errors import NanoError
 from nano.files import CONFIG, META, QUANT, TOKENIZER, WEIGHTS, read_json
-from nano.params import as_matrix
+from nano.params import EMBED, as_matrix
 from nano.qtensor import QTensor, dequantize, pack_int4, unpack_int4
 
 FORMAT = "nano-quant/1"
@@ -78,6 +78,19 @@ def decode(name: str, tensors: Mapping[str, np.ndarray], entry: Mapping[str, Any
 
 def tensor_bytes(name: str, qt: QTensor) -> int:
     return sum(a.nbytes for a in encode(name, qt).values())
+
+
+def size_totals(floats: Mapping[str, np.ndarray], qtensors: Mapping[str, QTensor],
+                q_bytes: Mapping[str, int]) -> dict[str, Any]:
+    """Parameters and stored bytes of a quantized checkpoint's tensors, as quantization.json's
+    `totals` reports them; `q_bytes`: each quantized tensor's `tensor_bytes`."""
+    params = sum(a.size for a in floats.values()) + sum(qt.q.size for qt in qtensors.values())
+    total = sum(a.nbytes for a in floats.values()) + sum(q_bytes.values())
+    linear = [n for n in qtensors if n != EMBED]
+    return {"params": int(params), "bytes": int(total), "float32_bytes": int(4 * params),
+            "bits_per_weight": 8 * total / params,
+            "linear_bits_per_weight": (8 * sum(q_bytes[n] for n in linear)
+                                       / max(sum(qtensors[n].q.size for n in linear), 1))}
 
 
 def save_quantized(out: str | Path, *, config, float_params: Mapping[str, np.ndarray],

@@ -13,7 +13,7 @@ import numpy as np
 from nano.checkpoint import load_checkpoint, load_config, load_meta, load_tokenizer, open_streamed
 from nano.errors import NanoError
 from nano.files import WEIGHTS
-from nano.qcheckpoint import is_quantized, read_manifest, save_quantized, tensor_bytes
+from nano.qcheckpoint import is_quantized, read_manifest, save_quantized, size_totals, tensor_bytes
 
 from .pipeline import plan, quantize_model
 from .recipe import NO_CALIBRATION, Recipe
@@ -113,11 +113,7 @@ def quantize_checkpoint(ckpt: str | Path, out: str | Path, *, recipe: Recipe, ca
     if eval_windows is not None:
         after = evaluate(model, eval_windows, progress=lambda d, t: report("held-out ppl (quantized)", d, t))
 
-    n_params = sum(a.size for a in result.floats.values()) + sum(q.q.size for q in result.qtensors.values())
     q_bytes = {name: tensor_bytes(name, qt) for name, qt in result.qtensors.items()}
-    float_bytes = sum(a.nbytes for a in result.floats.values())
-    total_bytes = float_bytes + sum(q_bytes.values())
-    linear = [n for n in result.qtensors if n != "embed"]
     tensors = {name: {**row, "params": int(result.qtensors[name].q.size), "bytes": q_bytes[name],
                       "bits_per_weight": 8 * q_bytes[name] / result.qtensors[name].q.size}
                for name, row in result.report.items()}
@@ -128,10 +124,7 @@ def quantize_checkpoint(ckpt: str | Path, out: str | Path, *, recipe: Recipe, ca
         "recipe": recipe.to_dict(),
         "calibration": calib_info,
         "totals": {
-            "params": int(n_params), "bytes": int(total_bytes), "float32_bytes": int(4 * n_params),
-            "bits_per_weight": 8 * total_bytes / n_params,
-            "linear_bits_per_weight": (8 * sum(q_bytes[n] for n in linear)
-                                       / max(sum(result.qtensors[n].q.size for n in linear), 1)),
+            **size_totals(result.floats, result.qtensors, q_bytes),
             "quantize_seconds": round(result.seconds, 2),
             "calibration_forward_seconds": round(result.forward_seconds, 2),
             "heldout": None if before is None else {

@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from distill.teacher_cache import training_rows
 from nano.data import Source, TokenSplit, eval_windows, prepare
 from nano.data.clean import html_to_text, rst_to_text
+from nano.data.stream import TokenRows, TokenStream
 from nano.errors import NanoError
 
 
@@ -250,6 +252,56 @@ def test_eval_windows():
     np.testing.assert_array_equal(eval_windows(np.arange(30), window=3, bos_id=0, max_windows=3)[:, 1], [0, 14, 28])
     assert eval_windows(tokens, window=12, bos_id=2).shape == (0, 12)
     assert eval_windows(tokens, window=4, bos_id=2).dtype == np.int32
+
+
+def test_token_stream_reads_across_shards_like_the_concatenation():
+    shards = [np.arange(0, 5, dtype=np.uint32), np.zeros(0, np.uint32), np.arange(5, 12, dtype=np.uint32),
+              np.arange(12, 13, dtype=np.uint32), np.arange(13, 20, dtype=np.uint32)]
+    whole = np.concatenate(shards)
+    stream = TokenStream(shards)
+    assert len(stream) == 20 and stream.dtype == np.uint32
+    for a in range(-21, 22):
+        for b in range(-21, 22):
+            np.testing.assert_array_equal(stream[a:b], whole[a:b])
+    assert [int(stream[i]) for i in range(-20, 20)] == whole[np.arange(-20, 20)].tolist()
+    assert np.shares_memory(stream[6:10], shards[2])  # inside one shard: a view, no copy
+    with pytest.raises(IndexError, match="out of range"):
+        stream[20]
+    with pytest.raises(IndexError, match="step 1"):
+        stream[::2]
+    rows = TokenRows(stream, 4)
+    np.testing.assert_array_equal(rows.take([1, 3]), [[4, 5, 6, 7], [12, 13, 14, 15]])  # across 0|empty|2 and 2|3|4
+    for seq_len in (1, 3, 4, 6, 7, 20, 21):
+        rows, want = TokenRows(stream, seq_len), training_rows(whole, seq_len)
+        every = np.arange(len(want))[::-1]
+        assert len(rows) == len(want) and rows.take(every).dtype == np.int32
+        np.testing.assert_array_equal(rows.take(every), want[every])
+    rows = TokenRows(stream, 3)
+    assert len(rows.head(2)) == 2 and len(rows.head(99)) == 6
+    np.testing.assert_array_equal(rows.head(2).take([1]), [[3, 4, 5]])
+    with pytest.raises(IndexError, match=r"row index out of range 0\.\.1"):
+        rows.head(2).take([2])
+    assert rows.take([]).shape == (0, 3)
+    np.testing.assert_array_equal(TokenRows.from_array(whole.reshape(4, 5)).take([2]), [[10, 11, 12, 13, 14]])
+    with pytest.raises(NanoError, match="seq_len=0 tokens: seq_len must be at least 1"):
+        TokenRows(stream, 0)
+
+
+def test_split_rows_read_memmapped_shards_on_demand(tmp_path: Path, corpus):
+    out = tmp_path / "data"
+    m = prepare(out, ByteTokenizer(), sources=corpus, shard_tokens=64)
+    ts = TokenSplit.open(out, "train")
+    files = [out / "train" / name for name in m.splits["train"]["shards"]]
+    assert len(files) > 2 and [Path(s.filename) for s in ts.tokens.shards] == files
+    assert all(isinstance(s, np.memmap) and len(s) == len(np.load(f)) for s, f in zip(ts.tokens.shards, files))
+    whole = np.concatenate([np.load(f) for f in files])
+    rows = TokenRows(ts.tokens, 50)  # 50 does not divide 64: rows straddle shards
+    assert rows.stream is ts.tokens and len(rows) == len(whole) // 50  # holds the memmaps, no copy of the split
+    got = rows.take([3, 0, 3])
+    assert got.shape == (3, 50) and got.dtype == np.int32
+    np.testing.assert_array_equal(got, training_rows(whole, 50)[[3, 0, 3]])
+    np.testing.assert_array_equal(eval_windows(ts.tokens, window=51, bos_id=2, max_windows=3),
+                                  eval_windows(whole, window=51, bos_id=2, max_windows=3))
 
 
 # --- Debian (the default sources) ---------------------------------------------------------------

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from distill.train import TrainConfig, Trainer, batch_rows, lr_schedule
+from distill.train import TrainConfig, Trainer, _epoch_order, batch_rows, lr_schedule
 from nano.checkpoint import save_checkpoint
 from nano.config import get_preset
+from nano.data.stream import TokenRows, TokenStream
 from nano.errors import NanoError
 from nano.model import Transformer
 
@@ -40,6 +41,40 @@ def test_schedule_and_data_order_are_pure_functions_of_step():
     a = np.concatenate([batch_rows(10, step, 4, seed=3) for step in range(5)])  # 20 rows = 2 epochs
     assert sorted(a[:10]) == list(range(10)) and sorted(a[10:20]) == list(range(10))
     np.testing.assert_array_equal(batch_rows(10, 3, 4, seed=3), a[12:16])
+
+
+def _batch_rows_uncached(num_rows, step, batch, seed):
+    """batch_rows as runs before the memoised epoch order drew it: a fresh permutation per step."""
+    start, out = step * batch, []
+    while len(out) < batch:
+        epoch, offset = divmod(start + len(out), num_rows)
+        perm = np.random.default_rng([seed, epoch]).permutation(num_rows)
+        out.extend(perm[offset: offset + batch - len(out)].tolist())
+    return np.asarray(out, dtype=np.int64)
+
+
+@pytest.mark.parametrize("num_rows, batch, seed", [(10, 4, 3), (7, 3, 0), (5, 8, 1), (1000, 64, 7), (70_001, 8192, 11)])
+def test_batch_rows_equal_the_uncached_order(num_rows, batch, seed):
+    steps = [*range(3 * num_rows // batch + 2), 10_000, 3, 0]  # epochs in order, a jump ahead, and back (a resume)
+    for step in steps:
+        np.testing.assert_array_equal(batch_rows(num_rows, step, batch, seed),
+                                      _batch_rows_uncached(num_rows, step, batch, seed))
+    assert not _epoch_order(num_rows, seed, 0).flags.writeable  # shared by every caller
+
+
+def test_batches_from_shards_equal_the_array_rows(tmp_path):
+    flat = ROWS.reshape(-1)
+    stream = TokenStream([flat[:100], flat[100:1000], flat[1000:]])  # cuts inside rows 3 and 31
+    cfg = _cfg(None)
+    from_array = Trainer(cfg, tmp_path / "a", teacher_ckpt=None, rows=ROWS, eval_windows=None, bos_id=2)
+    from_shards = Trainer(cfg, tmp_path / "b", teacher_ckpt=None, rows=TokenRows(stream, 32), eval_windows=None, bos_id=2)
+    for step in range(cfg.steps):
+        a, b = from_array.batch(step)[0], from_shards.batch(step)[0]
+        want = ROWS[batch_rows(64, step, 8, cfg.seed)].astype(np.int32)
+        for batch in (a, b):
+            np.testing.assert_array_equal(batch["labels"], want)
+            np.testing.assert_array_equal(batch["inputs"], np.concatenate([np.full((8, 1), 2), want[:, :-1]], 1))
+            assert batch["inputs"].dtype == batch["labels"].dtype == jnp.int32
 
 
 def _losses(out):

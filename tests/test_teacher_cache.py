@@ -1,18 +1,24 @@
 """Teacher-target cache: target math, compressed format, resumable build, refusals."""
 
+import dataclasses
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from typer.testing import CliRunner
 
 from distill.targets import PAD_LOGPROB, TeacherTargets, chunked_targets, sampled_targets, topk_targets
 from distill.teacher_cache import (LOGPROB_STEP, MANIFEST, TeacherCache, build_cache, decode_targets,
                                    encode_targets, full_order, row_inputs, teacher_fingerprint, teacher_targets,
                                    training_rows)
 from nano.checkpoint import load_checkpoint, save_checkpoint
+from nano.cli import app
 from nano.config import get_preset
 from nano.errors import NanoError
 from nano.model import Transformer
@@ -138,9 +144,19 @@ def tiny_setup(tmp_path_factory, tiny_tokenizer):
     return root, data, stream
 
 
-def _build(root, out, scheme="topk", **kw):
-    return build_cache(root / "teacher", root / "data", out, seq_len=SEQ, k=K, scheme=scheme,
-                       rows_per_shard=PER, batch_size=3, **kw)
+def _build(root, out, teacher="teacher", **kw):
+    return build_cache(root / teacher, root / "data", out, **({"seq_len": SEQ, "k": K, "rows_per_shard": PER,
+                                                                "batch_size": 3} | kw))
+
+
+def _files(cache) -> dict[str, bytes]:
+    """Every file of a cache directory (temp files included) with its bytes."""
+    return {p.name: p.read_bytes() for p in sorted(cache.iterdir())}
+
+
+def _shards(cache) -> list[int]:
+    """Indices of the shard files written in `cache`."""
+    return sorted(int(p.name[6:11]) for p in cache.glob("shard-*.bin"))
 
 
 def test_training_rows():
@@ -187,21 +203,16 @@ def test_resume_after_interruption(tiny_setup, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         _build(root, tmp_path / "a", progress=stop_after_two_shards)
     manifest = json.loads((tmp_path / "a" / MANIFEST).read_text())
-    assert [e["rows"] for e in manifest["shards"]] == [[0, 4], [4, 8]] and not manifest["complete"]
+    assert _shards(tmp_path / "a") == [0, 1] and manifest["shards"] == [] and not manifest["complete"]
     (tmp_path / "a" / ".shard-00002.bin.abc123.tmp").write_bytes(b"left by a SIGKILL")
+    (tmp_path / "a" / ".manifest.json.def456.tmp").write_bytes(b"left by a SIGKILL")
     resumed = []
     _build(root, tmp_path / "a", progress=lambda d, t: resumed.append(d))
     assert resumed[0] == 2 * PER and resumed[-1] == ROWS  # started from the first missing shard
     _build(root, tmp_path / "b")
-    files = sorted(p.name for p in (tmp_path / "a").iterdir())
-    assert files == sorted(p.name for p in (tmp_path / "b").iterdir())
-    assert not [f for f in files if f.endswith(".tmp")]
-    for name in files:
-        if name != MANIFEST:
-            assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
-    a, b = (json.loads((tmp_path / d / MANIFEST).read_text()) for d in "ab")
-    strip = lambda m: [{k: v for k, v in e.items() if k != "teacher_tokens_per_s"} for e in m["shards"]]  # noqa: E731
-    assert strip(a) == strip(b) and a["complete"]
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")  # every byte, the manifest's too
+    assert not [f for f in _files(tmp_path / "a") if f.endswith(".tmp")]
+    assert json.loads((tmp_path / "a" / MANIFEST).read_text())["complete"]
     with pytest.raises(NanoError, match=r"existing teacher cache has a different targets \(.*'k': 16.*'k': 17"):
         build_cache(root / "teacher", root / "data", tmp_path / "a", seq_len=SEQ, k=K + 1, rows_per_shard=PER)
 
@@ -230,6 +241,189 @@ def test_refusals(tiny_setup, tiny_tokenizer, tmp_path):
     assert TeacherCache.open(tmp_path / "c", tokenizer_sha256=sha).targets([5]).ids.shape == (1, SEQ, K)
 
 
+# ---- several processes ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def single(tiny_setup, tmp_path_factory):
+    """Every file of the top-k cache built by one process: what any split of the work must give."""
+    out = tmp_path_factory.mktemp("single") / "c"
+    _build(tiny_setup[0], out)
+    return _files(out)
+
+
+def test_two_processes_give_the_single_process_bytes(tiny_setup, tiny_tokenizer, single, tmp_path):
+    root, sha = tiny_setup[0], tiny_tokenizer.sha256
+    # One after the other: process 0, then process 1 finds every shard and writes the manifest.
+    first = _build(root, tmp_path / "seq", process_id=0, num_processes=2)
+    assert not first["complete"] and first["shards"] == [] and _shards(tmp_path / "seq") == [0, 2, 4]
+    with pytest.raises(NanoError, match=r"seq: teacher cache incomplete: 2 of 5 shards missing \(shard-00001\.bin, "
+                                        r"shard-00003\.bin\); other processes may still be building it"):
+        TeacherCache.open(tmp_path / "seq", tokenizer_sha256=sha)
+    assert _build(root, tmp_path / "seq", process_id=1, num_processes=2)["complete"]
+    assert _files(tmp_path / "seq") == single
+    # Interleaved: process 1 runs whole while process 0 is between its shards; 0 finishes last.
+    inner = []
+
+    def run_process_1(done, total):
+        if done == PER and not inner:
+            inner.append(_build(root, tmp_path / "mix", process_id=1, num_processes=2))
+
+    assert _build(root, tmp_path / "mix", process_id=0, num_processes=2, progress=run_process_1)["complete"]
+    assert not inner[0]["complete"] and _files(tmp_path / "mix") == single
+    # A late re-run of either rewrites the same manifest: racing writers agree.
+    _build(root, tmp_path / "mix", process_id=1, num_processes=2)
+    assert _files(tmp_path / "mix") == single
+    assert TeacherCache.open(tmp_path / "mix", tokenizer_sha256=sha).targets([5]).ids.shape == (1, SEQ, K)
+
+
+def test_multi_process_resume(tiny_setup, single, wide_teacher, tmp_path):
+    root, out = tiny_setup[0], tmp_path / "c"
+
+    def killed_after_one_shard(done, total):
+        if done >= PER:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _build(root, out, process_id=0, num_processes=2, progress=killed_after_one_shard)
+    assert _shards(out) == [0]
+    (out / ".shard-00002.bin.killed.tmp").write_bytes(b"left by a SIGKILL of process 0")
+    (out / ".shard-00001.bin.inflight.tmp").write_bytes(b"process 1 may be writing this now")
+    for change, name in [(dict(k=K + 1), "targets"), (dict(scheme="sample"), "targets"), (dict(seq_len=16), "rows"),
+                         (dict(max_rows=8), "rows"), (dict(teacher="wide"), "teacher")]:
+        with pytest.raises(NanoError, match=f"existing teacher cache has a different {name} "):
+            _build(root, out, process_id=1, num_processes=2, **change)
+    resumed = []
+    _build(root, out, process_id=0, num_processes=2, progress=lambda d, t: resumed.append((d, t)))
+    assert resumed[0] == (PER, 3 * PER) and resumed[-1] == (3 * PER, 3 * PER)  # shards 2 and 4 only
+    assert _shards(out) == [0, 2, 4] and (out / ".shard-00001.bin.inflight.tmp").exists()
+    assert not (out / ".shard-00002.bin.killed.tmp").exists()
+    # Shards do not depend on the split of the work: another --num-processes may finish it, and
+    # a run without process options labels whatever is left (and sweeps every temp file).
+    assert not _build(root, out, process_id=1, num_processes=3)["complete"]  # shards 1 and 4
+    assert _shards(out) == [0, 1, 2, 4]
+    assert _build(root, out)["complete"]
+    assert _files(out) == single
+
+
+def test_multi_process_refusals(tiny_setup, tiny_tokenizer, single, tmp_path):
+    root = tiny_setup[0]
+    for kw, why in [(dict(num_processes=0), r"num_processes=0 \(at least 1\)"),
+                    (dict(process_id=2, num_processes=2), r"process_id=2 \(0\.\.1 for num_processes=2\)"),
+                    (dict(process_id=-1), r"process_id=-1 \(0\.\.0 for num_processes=1\)")]:
+        with pytest.raises(NanoError, match=f"build_cache: invalid {why}"):
+            _build(root, tmp_path / "x", **kw)
+    out = tmp_path / "c"
+    out.mkdir()
+    for name, data in single.items():
+        (out / name).write_bytes(data)
+    manifest = json.loads(single[MANIFEST])
+    (out / MANIFEST).write_text(json.dumps(manifest | {"shards": [], "complete": False}))
+    with pytest.raises(NanoError, match=r"every shard is written but manifest\.json does not list them yet"):
+        TeacherCache.open(out, tokenizer_sha256=tiny_tokenizer.sha256)
+    (out / MANIFEST).unlink()
+    with pytest.raises(NanoError, match=r"c: holds teacher-cache shards but no manifest\.json.*delete the directory"):
+        _build(root, out, process_id=1, num_processes=2)
+
+
+# ---- a teacher with more logits than its tokenizer has tokens ----------------------------------
+
+@pytest.fixture(scope="module")
+def wide_teacher(tiny_setup, tiny_tokenizer):
+    """The tiny teacher with 3 padding logits past its 512-token tokenizer (as Gemma 3 4B: 262,208
+    logits, 262,144 tokens), made loud enough to take top-k places if they were kept."""
+    root = tiny_setup[0]
+    model = Transformer(dataclasses.replace(get_preset("tiny"), vocab_size=512 + 3), rngs=nnx.Rngs(0))
+    model.embed[...] = model.embed[...].at[512:].multiply(40.0)
+    save_checkpoint(root / "wide", model, tokenizer=tiny_tokenizer)
+    return model
+
+
+@pytest.mark.parametrize("scheme", ["topk", "sample"])
+def test_padding_logits_are_not_cached(tiny_setup, tiny_tokenizer, wide_teacher, tmp_path, scheme):
+    root, _, stream = tiny_setup
+    manifest = _build(root, tmp_path / "c", scheme=scheme, teacher="wide", max_rows=4)
+    assert manifest["vocab_size"] == 512
+    got = TeacherCache.open(tmp_path / "c", tokenizer_sha256=tiny_tokenizer.sha256).targets([1, 3])
+    inputs = row_inputs(training_rows(stream, SEQ)[[1, 3]], tiny_tokenizer.bos_id)
+    logits = np.asarray(wide_teacher(jnp.asarray(inputs))[0], np.float64)  # (2, SEQ, 515)
+    assert np.any(np.argsort(-logits, -1)[..., :K] >= 512)  # the padding would have been cached
+    ref = log_softmax(logits[..., :512])
+    np.testing.assert_allclose(got.lse, np.logaddexp.reduce(logits[..., :512], -1), rtol=1e-5)
+    valid = got.weights > 0
+    assert np.all(got.ids < 512) and np.all(valid.sum(-1) >= 1)
+    np.testing.assert_allclose(got.weights.sum(-1), 1, atol=1e-5)
+    assert np.abs(got.logprobs - np.take_along_axis(ref, got.ids, -1))[valid].max() <= LOGPROB_STEP / 2 + 1e-4
+    if scheme == "topk":
+        ids, _ = by_id(np.argsort(-ref, -1)[..., :K], ref[..., :K])
+        np.testing.assert_array_equal(by_id(got.ids, got.logprobs)[0], ids)
+
+
+def test_teacher_with_fewer_logits_than_tokens_is_refused(tiny_setup, tiny_tokenizer, tmp_path):
+    narrow = tmp_path / "narrow"
+    save_checkpoint(narrow, Transformer(dataclasses.replace(get_preset("tiny"), vocab_size=509), rngs=nnx.Rngs(0)),
+                    tokenizer=tiny_tokenizer)
+    with pytest.raises(NanoError, match="narrow: the teacher has 509 logits but its tokenizer 512 tokens"):
+        build_cache(narrow, tiny_setup[1], tmp_path / "c", seq_len=SEQ, k=K)
+
+
+# ---- the command line ---------------------------------------------------------------------------
+
+ROWS4 = dict(seq_len=4, k=K, batch_size=3)  # rows of 4 tokens: 160 rows, 3 shards of the default 64
+
+
+@pytest.fixture(scope="module")
+def single_rows4(tiny_setup, tmp_path_factory):
+    """Every file of the ROWS4 cache built by one process (the CLI has no --rows-per-shard)."""
+    root, out = tiny_setup[0], tmp_path_factory.mktemp("single4") / "c"
+    build_cache(root / "teacher", root / "data", out, **ROWS4)
+    return _files(out)
+
+
+def _cli_args(root, out) -> list[str]:
+    return ["distill", "cache-teacher", "--teacher", str(root / "teacher"), "--data", str(root / "data"),
+            "--out", str(out), *(f"--{n.replace('_', '-')}={v}" for n, v in ROWS4.items())]
+
+
+def test_cli_processes_from_slurm_and_options(tiny_setup, single_rows4, tmp_path, monkeypatch):
+    root = tiny_setup[0]
+    runner = CliRunner()
+    base = _cli_args(root, tmp_path / "c")
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    first = runner.invoke(app, base)
+    assert first.exit_code == 0, first.output
+    assert "process 1 of 2" in first.output and "2 shards of other processes still missing" in first.output
+    assert _shards(tmp_path / "c") == [1]
+    last = runner.invoke(app, [*base, "--process-id", "0"])  # --num-processes still from SLURM_NTASKS
+    assert last.exit_code == 0, last.output
+    assert "bytes/token" in last.output
+    assert _files(tmp_path / "c") == single_rows4
+    cases = [(["--num-processes", "0"], {}, "--num-processes 0: the number of processes must be at least 1"),
+             (["--num-processes", "2", "--process-id", "2"], {},
+              "--process-id 2 is out of range: process ids run 0..1 for --num-processes 2"),
+             ([], {"SLURM_PROCID": "5"}, "$SLURM_PROCID 5 is out of range: process ids run 0..1 for $SLURM_NTASKS 2"),
+             ([], {"SLURM_NTASKS": "two"}, "$SLURM_NTASKS='two' is not an integer; pass --num-processes")]
+    for extra, env, message in cases:
+        with monkeypatch.context() as m:
+            for name, value in env.items():
+                m.setenv(name, value)
+            result = runner.invoke(app, [*base, *extra])
+        assert result.exit_code == 1 and message in result.output, (extra, env, result.output)
+        assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_cli_two_concurrent_processes(tiny_setup, single_rows4, tmp_path):
+    """Two real OS processes started together on one cache (~10 s: each imports JAX)."""
+    cmd = [sys.executable, "-m", "nano.cli", *_cli_args(tiny_setup[0], tmp_path / "c"), "--num-processes", "2"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    procs = [subprocess.Popen([*cmd, "--process-id", str(i)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert any("bytes/token" in o for o in outputs)  # at least the last one wrote the manifest
+    assert _files(tmp_path / "c") == single_rows4
+
+
 # ---- the real teacher -------------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -239,8 +433,7 @@ def test_real_teacher_bytes_per_token(teacher_ckpt, teacher_tokenizer, prepared_
     shard_bytes = sum(e["bytes"] for e in manifest["shards"])
     per_token = shard_bytes / (4 * 512)
     fixed = manifest["vocab_order"]["bytes"] + (tmp_path / "c" / MANIFEST).stat().st_size
-    print(f"\nk=128 top-k: {per_token:.1f} bytes/token in shards (+{fixed} bytes per cache), "
-          f"teacher {manifest['shards'][0]['teacher_tokens_per_s']} tokens/s")
+    print(f"\nk=128 top-k: {per_token:.1f} bytes/token in shards (+{fixed} bytes per cache)")
     assert per_token <= 300
     cache = TeacherCache.open(tmp_path / "c", tokenizer_sha256=teacher_tokenizer.sha256)
     t = cache.targets([3])

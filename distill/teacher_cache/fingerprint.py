@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from nano.checkpoint import load_config
+from nano.data.stream import TokenStream
 from nano.errors import NanoError
 from nano.files import WEIGHTS
 
@@ -20,11 +21,13 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def sha256_tokens(tokens: np.ndarray) -> str:
-    """sha256 of the stream as uint32 LE, read `CHUNK` tokens at a time (memmaps stay on disk)."""
+def sha256_tokens(tokens: np.ndarray | TokenStream, stop: int | None = None) -> str:
+    """sha256 of the stream's first `stop` tokens (all by default) as uint32 LE, read `CHUNK`
+    tokens at a time (memmaps stay on disk; a sharded stream is never concatenated)."""
+    stop = len(tokens) if stop is None else min(stop, len(tokens))
     h = hashlib.sha256()
-    for i in range(0, len(tokens), CHUNK):
-        h.update(np.ascontiguousarray(tokens[i:i + CHUNK], dtype="<u4").tobytes())
+    for i in range(0, stop, CHUNK):
+        h.update(np.ascontiguousarray(tokens[i:min(i + CHUNK, stop)], dtype="<u4").tobytes())
     return h.hexdigest()
 
 

@@ -11,7 +11,9 @@ import numpy as np
 from distill.targets import PAD_LOGPROB, TeacherTargets
 from distill.teacher_cache.codec import decode_order, decode_targets, full_order
 from distill.teacher_cache.fingerprint import sha256_file, sha256_tokens
-from distill.teacher_cache.manifest import FORMAT, MANIFEST, REBUILD, VERSION, VOCAB_ORDER, read_manifest
+from distill.teacher_cache.manifest import (FORMAT, MANIFEST, REBUILD, VERSION, VOCAB_ORDER, incomplete_message,
+                                            read_manifest)
+from nano.data.stream import TokenStream
 from nano.errors import NanoError
 
 
@@ -40,8 +42,7 @@ class TeacherCache:
             raise NanoError(f"{path}: teacher cache built from teacher {m['teacher']['fingerprint']}, not {teacher_fingerprint}; "
                             "pass the teacher it was built from, or build a cache for this one with `nano distill cache-teacher`")
         if not m["complete"]:
-            done = sum(e["rows"][1] - e["rows"][0] for e in m["shards"])
-            raise NanoError(f"{path}: teacher cache incomplete ({done} of {m['rows']['total']} rows); re-run `nano distill cache-teacher` to finish it")
+            raise NanoError(incomplete_message(path, m))
         vpath = path / VOCAB_ORDER
         try:
             raw = vpath.read_bytes()
@@ -117,9 +118,9 @@ class TeacherCache:
                 dst[sel] = src[rows[sel] - i * per]
         return out
 
-    def check_data(self, tokens: np.ndarray) -> None:
+    def check_data(self, tokens: np.ndarray | TokenStream) -> None:
         """Refuse a token stream (N,) whose cached rows differ from the ones the teacher saw."""
         n = self.manifest["data"]["tokens"]
-        if len(tokens) < n or sha256_tokens(tokens[:n]) != self.manifest["data"]["tokens_sha256"]:
+        if len(tokens) < n or sha256_tokens(tokens, stop=n) != self.manifest["data"]["tokens_sha256"]:
             raise NanoError(f"{self.path}: teacher cache was built on other tokens than this data "
                             f"({self.manifest['data']['split']} of {self.manifest['data']['dir']}); re-prepare that data or rebuild the cache")

@@ -2,7 +2,10 @@
 stream token a label exactly once.
 
 The model input of a row is BOS + row[:-1] (Gemma without BOS is far off: on the Python-docs
-split its NLL rises from 2.53 to 3.54 nats), and the target at position t is row[t]."""
+split its NLL rises from 2.53 to 3.54 nats), and the target at position t is row[t].
+
+`nano.data.stream.TokenRows` reads the same rows on demand from a split's shards (training and
+cache building use it); `training_rows` is the in-memory view of one array."""
 
 import numpy as np
 

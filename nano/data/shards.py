@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from nano.data.stream import TokenRows, TokenStream
 from nano.errors import NanoError
 
 
@@ -26,7 +27,7 @@ def _load(path: Path, dtype: type, mmap: bool) -> np.ndarray:
 class TokenSplit:
     data_dir: Path
     split: str
-    tokens: np.ndarray  # uint32 stream: every document followed by EOS (memory-mapped when one shard)
+    tokens: TokenStream  # uint32 stream: every document followed by EOS, over the memory-mapped shards (never concatenated)
     doc_offsets: np.ndarray  # int64: start of each document, then the total
     manifest: dict[str, Any]
 
@@ -48,7 +49,7 @@ class TokenSplit:
         if split not in info:
             raise NanoError(f"{path}: no split {split!r} (have: {', '.join(sorted(info))})")
         shards = [_load(data_dir / split / name, np.uint32, mmap=True) for name in info[split]["shards"]]
-        tokens = shards[0] if len(shards) == 1 else np.concatenate(shards) if shards else np.zeros(0, np.uint32)
+        tokens = TokenStream(shards)
         offsets = _load(data_dir / split / "doc_offsets.npy", np.int64, mmap=False)
         expected = info[split].get("tokens")
         if (
@@ -74,7 +75,7 @@ class TokenSplit:
             )
 
 
-def eval_windows(tokens: np.ndarray, *, window: int, bos_id: int, max_windows: int | None = None) -> np.ndarray:
+def eval_windows(tokens: TokenStream | np.ndarray, *, window: int, bos_id: int, max_windows: int | None = None) -> np.ndarray:
     """(N, window) int32: BOS + non-overlapping chunks of `window - 1` tokens, so every token is scored once.
 
     With `max_windows`, picks that many chunks evenly spaced over the whole stream (deterministic);
@@ -82,13 +83,13 @@ def eval_windows(tokens: np.ndarray, *, window: int, bos_id: int, max_windows: i
     """
     if window < 2:
         raise NanoError(f"--window must be at least 2 (BOS + one scored token), got {window}")
-    size = window - 1
-    count = len(tokens) // size
+    chunks = TokenRows(tokens, window - 1)
+    count = len(chunks)
     rows = np.arange(count, dtype=np.int64)
     if max_windows is not None and count > max_windows:
         # First and last chunk included, the rest evenly between (distinct since count > max_windows).
         rows = np.arange(max_windows, dtype=np.int64) * (count - 1) // max(max_windows - 1, 1)
     out = np.empty((len(rows), window), dtype=np.int32)
     out[:, 0] = bos_id
-    out[:, 1:] = tokens[: count * size].reshape(count, size)[rows] if count else 0  # reads only chosen rows of a memmap
+    out[:, 1:] = chunks.take(rows)  # reads only the chosen chunks of the shards
     return out
