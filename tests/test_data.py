@@ -9,7 +9,8 @@ import pytest
 
 from distill.teacher_cache import training_rows
 from nano.data import Source, TokenSplit, eval_windows, prepare
-from nano.data.clean import html_to_text, rst_to_text
+from nano.data.clean import html_to_text, records_to_text, rst_to_text
+from nano.data.sources import read_documents
 from nano.data.stream import TokenRows, TokenStream
 from nano.errors import NanoError
 
@@ -132,6 +133,12 @@ def corpus(tmp_path: Path) -> dict[str, list[Source]]:
         json.dumps({"text": f"Held-out one. {OTHER}\n\n{SHARED}"}) + "\n\n" + json.dumps({"text": f"Held-out two. {OTHER} end"}) + "\n"
     )
     return {"train": [Source.parse(f"folder:{folder}")], "heldout": [Source.parse(f"jsonl:{jsonl}")]}
+
+
+def test_records_become_paragraphs():
+    src = "A friend is a present.\n\t\t-- R. L. Stevenson\n%\n\n%\r\nTwo\nlines  \n% \nlast"
+    assert records_to_text(src, "%") == "A friend is a present.\n\t\t-- R. L. Stevenson\n\nTwo\nlines\n\nlast"
+    assert records_to_text("50% off\n%", "%") == "50% off"  # only a line that is the separator splits
 
 
 def test_prepare_folder_and_jsonl(tmp_path: Path, corpus):
@@ -318,3 +325,14 @@ def test_debian_docs(tmp_path: Path, debian_docs_in_test_cache, nano_cache):
     ts = TokenSplit.open(tmp_path / "data", "heldout")
     text = ByteTokenizer().decode(ts.tokens[: ts.doc_offsets[1] - 1])
     assert "<svg" not in text and "function toggle" not in text
+
+
+def test_debian_record_files_take_only_the_included_files(nano_cache):
+    """`debian:fortunes` (the out-of-domain held-out): suffixless record files, only the literary ones."""
+    root = nano_cache / "debian" / "fortunes" / "root" / "usr/share/games/fortunes"
+    root.mkdir(parents=True)
+    (root / "people").write_text("A bore talks.\n%\nA city is lonesome.\n")
+    (root / "people.dat").write_bytes(b"\x00\x02")  # fortune's index, not text
+    (root / "computers").write_text("Real programmers...\n")  # not in the list
+    docs = list(read_documents(Source.parse("debian:fortunes")))
+    assert [(d.name, d.text) for d in docs] == [("debian:fortunes/people", "A bore talks.\n\nA city is lonesome.")]

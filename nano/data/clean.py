@@ -1,4 +1,5 @@
-"""Markup → plain text: reStructuredText (Python docs) and HTML (SQLite docs). Pure functions."""
+"""Markup → plain text: reStructuredText (Python docs), HTML (SQLite docs) and record files
+(fortunes). Pure functions."""
 
 import re
 from html.parser import HTMLParser
@@ -265,3 +266,12 @@ def html_to_text(src: str) -> str:
     parser.close()
     text = "\n".join(line.rstrip() for line in "".join(parser.out).split("\n"))
     return re.sub(r"\n{3,}", "\n\n", text).strip("\n")
+
+
+# --- record files ---------------------------------------------------------------------------------
+
+
+def records_to_text(src: str, separator: str) -> str:
+    """Records separated by lines that are exactly `separator` (fortune's "%") → paragraphs."""
+    records = re.split(rf"^{re.escape(separator)}[ \t]*$", src.replace("\r\n", "\n"), flags=re.M)
+    return "\n\n".join(r.strip("\n").rstrip() for r in records if r.strip())

@@ -17,6 +17,8 @@ class DocSet:
     license: str
     marker: str = "*"  # glob that must match below `root` for a copy to count as present
     exclude: tuple[str, ...] = ()  # fnmatch patterns, relative to `root`
+    include: tuple[str, ...] = ()  # fnmatch patterns, relative to `root`: only these files (any suffix)
+    records: str | None = None  # a line that separates records (fortune's "%"): read as a paragraph break
 
 
 KNOWN_DOCS = {
@@ -31,6 +33,18 @@ KNOWN_DOCS = {
             "sitemap.html", "doclist.html", "toc.html", "*/funclist.html", "*/objlist.html", "*/constlist.html",
             "capi3ref.html", "changes.html", "session.html",
         ),
+    ),
+    # Quotations, verse and anecdotes: prose of another kind than the manuals, for an out-of-domain
+    # held-out set. The literary files only (no ASCII art, shell sessions or software jokes).
+    "fortunes": DocSet(
+        "usr/share/games/fortunes",
+        "BSD-3-Clause (fortune-mod)",
+        "people",
+        include=(
+            "art", "education", "food", "humorists", "kids", "law", "love", "medicine", "people", "pets",
+            "platitudes", "politics", "science", "songs-poems", "sports", "tao", "wisdom", "work",
+        ),
+        records="%",
     ),
 }
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from nano.data.clean import html_to_text, rst_to_text
+from nano.data.clean import html_to_text, records_to_text, rst_to_text
 from nano.data.debian import debian_version, docset, ensure_debian_docs
 from nano.errors import NanoError
 
@@ -48,9 +48,12 @@ class Document:
     text: str
 
 
-def file_to_text(path: Path) -> str:
-    """One file → plain text, by suffix: reST and HTML are cleaned, .txt/.md kept as they are."""
+def file_to_text(path: Path, records: str | None = None) -> str:
+    """One file → plain text, by suffix: reST and HTML are cleaned, .txt/.md kept as they are;
+    with `records`, a file of records separated by that line (fortune's "%")."""
     raw = path.read_bytes().decode("utf-8", errors="replace").replace("\r\n", "\n")
+    if records is not None:
+        return records_to_text(raw, records)
     name = path.name.lower()
     if name.endswith((".rst", ".rst.txt")):
         return rst_to_text(raw)
@@ -59,11 +62,13 @@ def file_to_text(path: Path) -> str:
     return raw.strip("\n")
 
 
-def _folder_files(root: Path, exclude: tuple[str, ...] = ()) -> list[Path]:
+def _folder_files(root: Path, exclude: tuple[str, ...] = (), include: tuple[str, ...] = ()) -> list[Path]:
+    """Text files below `root` by suffix, or, with `include`, exactly the files those patterns match."""
     files = []
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root).as_posix()
-        if p.is_file() and p.name.lower().endswith(TEXT_SUFFIXES) and not any(fnmatch.fnmatch(rel, x) for x in exclude):
+        wanted = any(fnmatch.fnmatch(rel, x) for x in include) if include else p.name.lower().endswith(TEXT_SUFFIXES)
+        if p.is_file() and wanted and not any(fnmatch.fnmatch(rel, x) for x in exclude):
             files.append(p)
     return files
 
@@ -99,13 +104,14 @@ def read_documents(source: Source, progress: Callable[[int, int], None] | None =
                 progress(n, len(lines))
         return
     if source.kind == "debian":
-        root, exclude = ensure_debian_docs(source.path), docset(source.path).exclude
+        root, docs = ensure_debian_docs(source.path), docset(source.path)
+        exclude, include, records = docs.exclude, docs.include, docs.records
     else:
-        root, exclude = Path(source.path), ()
+        root, exclude, include, records = Path(source.path), (), (), None
         if not root.is_dir():
             raise NanoError(f"{root}: folder source not found")
-    files = _folder_files(root, exclude)
+    files = _folder_files(root, exclude, include)
     for n, path in enumerate(files, 1):
-        yield Document(f"{source}/{path.relative_to(root).as_posix()}", file_to_text(path))
+        yield Document(f"{source}/{path.relative_to(root).as_posix()}", file_to_text(path, records))
         if progress:
             progress(n, len(files))
