@@ -14,7 +14,8 @@ killed run resumes; their wall and CPU seconds in stages.json):
              rounding; 8 held-out windows scored every 4 steps (the curve). Writes a quantized
              checkpoint with the same grid (bits per weight unchanged).
   eval       `nano eval` on `--windows` held-out windows (BOS + 511 tokens) for the float teacher, the
-             GPTQ start and each QAT result.
+             GPTQ start and each QAT result: the SQLite docs (the in-domain held-out) and, out of
+             domain, quotations and verse (`nano data prepare --heldout debian:fortunes`).
 Comparators in the same run: llama.cpp's own quantizer on the same float weights (an F32 GGUF):
 pure Q4_0 (every tensor, 4.5 bits/weight) and Q4_K_M (its tied embedding at 6 bits), scored by
 llama.cpp on the same windows.
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 
 from benchmarks.harness.core import cpu_pressure
+from benchmarks.heldout import OOD_SOURCE
 from benchmarks.workspace import Stages, result_path, work_dir, write_result
 from nano.files import read_json
 
@@ -38,10 +40,10 @@ def quantized_bits(ckpt: Path) -> float:
     return float(read_json(ckpt / "quantization.json", missing=f"{ckpt}: not quantized")["totals"]["bits_per_weight"])
 
 
-def llama_cpp_rows(teacher: Path, windows, work: Path) -> dict[str, dict]:
-    """llama.cpp's own quantizer on the same float weights (its F32 GGUF), scored by llama.cpp on
-    the same windows; kept in work/llama_cpp.json."""
-    from benchmarks.harness.llamacpp import LlamaCpp, gguf_bits_per_weight, quantize_gguf
+def llama_cpp_rows(teacher: Path, windows: dict[str, object], work: Path) -> dict[str, dict]:
+    """llama.cpp's own quantizer on the same float weights (its F32 GGUF), scored by llama.cpp on the
+    same windows (each named set); kept in work/llama_cpp.json."""
+    from benchmarks.heldout import llama_cpp_row
     from nano.checkpoint import flat_params, load_checkpoint, load_tokenizer
     from nano.files import write_json
     from nano.gguf_io import write_gguf
@@ -50,15 +52,13 @@ def llama_cpp_rows(teacher: Path, windows, work: Path) -> dict[str, dict]:
     rows = read_json(path, missing="") if path.is_file() else {}
     f32 = work / "teacher-f32.gguf"
     for name, ftype, pure in LLAMA_CPP:
-        if name in rows:
+        if set(windows) <= rows.get(name, {}).keys():
             continue
         if not f32.is_file():
             model = load_checkpoint(teacher)
             write_gguf(f32, flat_params(model), model.config, load_tokenizer(teacher))
-        gguf = work / f"teacher-{ftype}{'-pure' if pure else ''}.gguf"
-        quantize_gguf(f32, gguf, ftype, embed_type=None, pure=pure)
-        ppl = LlamaCpp(gguf, window=windows.shape[1]).perplexity(windows)
-        rows[name] = {"perplexity": ppl, "bits_per_weight": gguf_bits_per_weight(gguf)[0]}
+        rows[name] = llama_cpp_row(f32, work / f"teacher-{ftype}{'-pure' if pure else ''}.gguf", ftype, windows,
+                                   pure=pure)
         write_json(path, rows)
     return rows
 
@@ -72,18 +72,23 @@ def main() -> None:
 
     from benchmarks.heldout import teacher_heldout
 
-    held = teacher_heldout(args.windows)
+    held = teacher_heldout(args.windows, ood=True)
     teacher = held.teacher
     work = work_dir("qat")
     st = Stages(work)
+
+    def perplexities(key: str, ckpt: Path) -> dict[str, float]:
+        """SQLite held-out and out-of-domain (fortunes) perplexity by `nano eval`."""
+        return {"perplexity": st.perplexity(key, ckpt, args.windows),
+                "perplexity_ood": st.perplexity(f"{key}-ood", ckpt, args.windows, data=held.ood_data)}
+
     pressure_before = cpu_pressure()
     t0 = time.perf_counter()
-    rows = {"float": {"perplexity": st.perplexity("float", teacher, args.windows), "bits_per_weight": 32.0}}
+    rows = {"float": {**perplexities("float", teacher), "bits_per_weight": 32.0}}
     gptq = work / "gptq-all4"
     cost = st.run("quantize-gptq", gptq, "quantize", teacher, "--out", gptq, "--method", "gptq", "--embed", "int4",
                   "--eval-windows", 0, "--overwrite")
-    rows["gptq"] = {"perplexity": st.perplexity("gptq", gptq, args.windows), "bits_per_weight": quantized_bits(gptq),
-                    **cost}
+    rows["gptq"] = {**perplexities("gptq", gptq), "bits_per_weight": quantized_bits(gptq), **cost}
     curve_cfg = work / "curve.json"
     curve_cfg.write_text(json.dumps(CURVE))
     for tokens, lr in (run.split("@") for run in args.runs.split(",")):
@@ -95,21 +100,21 @@ def main() -> None:
         curve = [{"step": r["step"], "tokens": r["step"] * SEQ_LEN * BATCH, "loss": r["loss"],
                   "heldout_ppl_8": r.get("heldout_ppl")}
                  for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
-        rows[name] = {"perplexity": st.perplexity(name, run / "student", args.windows), "lr": float(lr),
+        rows[name] = {**perplexities(name, run / "student"), "lr": float(lr),
                       "tokens": int(tokens), "bits_per_weight": quantized_bits(run / "student"), **cost,
                       "curve": curve}
-    base = rows["float"]["perplexity"]
-    for r in rows.values():
-        r["vs_float"] = r["perplexity"] / base
+    llama = llama_cpp_rows(teacher, {"perplexity": held.windows, "perplexity_ood": held.ood_windows}, work)
+    base, base_ood = rows["float"]["perplexity"], rows["float"]["perplexity_ood"]
+    for r in [*rows.values(), *llama.values()]:
+        r["vs_float"], r["vs_float_ood"] = r["perplexity"] / base, r["perplexity_ood"] / base_ood
     result = {"windows": args.windows, "window": 512, "seq_len": SEQ_LEN, "batch_size": BATCH,
-              "rows": rows, "llama_cpp": llama_cpp_rows(teacher, held.windows, work), "seconds": time.perf_counter() - t0}
+              "heldout_ood": {"source": OOD_SOURCE, "data": str(held.ood_data)},
+              "rows": rows, "llama_cpp": llama, "seconds": time.perf_counter() - t0}
     write_result(args.json, result, pressure_before=pressure_before)
-    print(f"{'row':<24}{'ppl':>9}{'x float':>9}{'bits/w':>8}{'CPU s':>8}")
-    for name, r in rows.items():
-        print(f"{name:<24}{r['perplexity']:>9.3f}{r['vs_float']:>9.3f}{r['bits_per_weight']:>8.2f}"
-              f"{r.get('cpu_s', float('nan')):>8.0f}")
-    for name, r in result["llama_cpp"].items():
-        print(f"{name:<24}{r['perplexity']:>9.3f}{r['perplexity'] / base:>9.3f}{r['bits_per_weight']:>8.2f}")
+    print(f"{'row':<24}{'ppl':>9}{'x float':>9}{'ood ppl':>9}{'x float':>9}{'bits/w':>8}{'CPU s':>8}")
+    for name, r in [*rows.items(), *llama.items()]:
+        print(f"{name:<24}{r['perplexity']:>9.3f}{r['vs_float']:>9.3f}{r['perplexity_ood']:>9.3f}"
+              f"{r['vs_float_ood']:>9.3f}{r['bits_per_weight']:>8.2f}{r.get('cpu_s', float('nan')):>8.0f}")
     print(f"wrote {args.json}")
 
 

@@ -59,7 +59,7 @@ def _weights_digest(ckpt: Path) -> str:
 
 
 def bench_model(label: str, ckpt: Path, windows: np.ndarray, calib: np.ndarray, workdir: Path) -> dict:
-    from benchmarks.harness.llamacpp import LlamaCpp, gguf_bits_per_weight, quantize_gguf
+    from benchmarks.heldout import llama_cpp_row
     from nano.checkpoint import flat_params, load_checkpoint, load_tokenizer
     from nano.eval import evaluate
     from nano.files import write_json
@@ -93,15 +93,10 @@ def bench_model(label: str, ckpt: Path, windows: np.ndarray, calib: np.ndarray, 
         if name in rows:
             continue
         slug = "".join(c if c.isalnum() else "_" for c in name)
-        path = f32 if ftype is None else workdir / f"{label}-{slug}.gguf"
-        if ftype is not None:
-            quantize_gguf(f32, path, ftype, embed_type=embed_type, pure=pure)
-        scorer = LlamaCpp(path, window=windows.shape[1])
-        ppl = scorer.perplexity(windows)
-        del scorer
-        bpw, size = gguf_bits_per_weight(path)
-        done(name, {"perplexity": ppl, "bits_per_weight": bpw, "file_bytes": size})
-        print(f"  {label} {name}: {rows[name]['perplexity']:.3f} at {bpw:.3f} bits/weight", flush=True)
+        done(name, llama_cpp_row(f32, workdir / f"{label}-{slug}.gguf", ftype, {"perplexity": windows},
+                                 embed_type=embed_type, pure=pure))
+        print(f"  {label} {name}: {rows[name]['perplexity']:.3f} at {rows[name]['bits_per_weight']:.3f} bits/weight",
+              flush=True)
 
     for name, method, embed in NANO_ROWS:
         recipe = Recipe(default=TensorSpec(method=method, bits=4, group=32), overrides=(("embed", EMBED[embed]),))

@@ -71,7 +71,8 @@ class Stages:
         write_json(self.file, self.done)
         return self.done[key]
 
-    def perplexity(self, key: str, ckpt: Path, windows: int) -> float:
+    def perplexity(self, key: str, ckpt: Path, windows: int, data: str | Path = "held-out") -> float:
+        """`nano eval` of `ckpt` on `windows` windows of `data` (the default held-out, or a prepared directory)."""
         out = self.work / f"{key}.heldout.json"
-        self.run(f"eval-{key}", out, "eval", ckpt, "--data", "held-out", "--windows", windows, "--json", out)
+        self.run(f"eval-{key}", out, "eval", ckpt, "--data", data, "--windows", windows, "--json", out)
         return float(read_json(out, missing=f"{out}: missing after `nano eval`")["perplexity"])
