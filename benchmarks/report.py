@@ -38,13 +38,19 @@ def _stalled(prov: dict[str, Any], seconds: float) -> str:
     return f"{(int(after.group(1)) - int(before.group(1))) / 1e6 / seconds:.0%}"
 
 
+def _machine(m: dict[str, Any]) -> str:
+    return f"{m['cpu']} ({m['cores']} cores; {' '.join(m['cpu_flags']) or 'no AVX2'})"
+
+
+def _run(prov: dict[str, Any]) -> str:
+    """Date, commit and command of one result file."""
+    dirty = " + uncommitted changes" if prov.get("git_dirty") else ""
+    return f"{prov['date'][:16].replace('T', ' ')} UTC, git {prov['git_sha'][:10]}{dirty}: `{prov['command']}`"
+
+
 def source_line(prov: dict[str, Any]) -> str:
     """Where a table's figures come from: machine, date, commit and command."""
-    m = prov["machine"]
-    dirty = " + uncommitted changes" if prov.get("git_dirty") else ""
-    return (f"*Measured on {m['cpu']} ({m['cores']} cores; {' '.join(m['cpu_flags']) or 'no AVX2'}), "
-            f"{prov['date'][:16].replace('T', ' ')} UTC, git {prov['git_sha'][:10]}{dirty}: "
-            f"`{prov['command']}`.*")
+    return f"*Measured on {_machine(prov['machine'])}, {_run(prov)}.*"
 
 
 def render_export_bench(results: list[dict]) -> str:
@@ -87,13 +93,11 @@ def render_nano1_plan(results: list[dict]) -> str:
     may come from different commits: each names its own)."""
     gib = lambda b: f"{b / 2**30:.2f} GiB"
     m = results[0]["provenance"]["machine"]
-    lines = [f"*Measured on {m['cpu']} ({m['cores']} cores; {' '.join(m['cpu_flags']) or 'no AVX2'}); rows:*", ""]
+    lines = [f"*Measured on {_machine(m)}; rows:*", ""]
     for i, r in enumerate(results, 1):
         prov = r["provenance"]
         other = "" if prov["machine"] == m else f"{prov['machine']['cpu']} ({prov['machine']['cores']} cores), "
-        dirty = " + uncommitted changes" if prov.get("git_dirty") else ""
-        lines.append(f"{i}. {other}{prov['date'][:16].replace('T', ' ')} UTC, git {prov['git_sha'][:10]}{dirty}: "
-                     f"`{prov['command']}`")
+        lines.append(f"{i}. {other}{_run(prov)}")
     lines += ["", "| row | student ← teacher | tokens per step | remat | logits chunks split over | blocks' weights read "
               "| student params + Adam state (all devices) | per device: arguments | temporaries | peak | compile s |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -220,23 +224,33 @@ def render_recovery(results: list[dict]) -> str:
 
 def render_qat(results: list[dict]) -> str:
     """benchmarks/qat.py: every tensor 4-bit, post-training (GPTQ) and quantization-aware, next to
-    llama.cpp's own quantizations of the same float weights."""
+    llama.cpp's own quantizations of the same float weights; with out-of-domain columns when the
+    run scored the second held-out text."""
     (r,) = results
     rows, base = r["rows"], r["rows"]["float"]["perplexity"]
+    ood = "heldout_ood" in r
+    ood_head, ood_rule = (" out-of-domain ppl | × float |", "---|---|") if ood else ("", "")
     lines = [source_line(r["provenance"]), "",
-             "| model | held-out ppl | × float | bits/weight (all tensors) | CPU time to make |",
-             "|---|---|---|---|---|"]
+             f"| model | held-out ppl | × float |{ood_head} bits/weight (all tensors) | CPU time to make |",
+             f"|---|---|---|{ood_rule}---|---|"]
+
+    def cells(row: dict) -> str:
+        out = f"{row['perplexity']:.3f} | {row['perplexity'] / base:.3f} |"
+        return out + (f" {row['perplexity_ood']:.3f} | {row['vs_float_ood']:.3f} |" if ood else "")
+
     names = {"float": "float32 (no quantization)", "gptq": "GPTQ int4 g32, embedding GPTQ'd as the LM head"}
     for name, row in rows.items():
         curve = " → ".join(f"{c['heldout_ppl_8']:.2f}" for c in row.get("curve", []) if c["heldout_ppl_8"])
         label = names.get(name) or (f"+ QAT, {row['tokens']:,} tokens at lr {row['lr']:g} "
                                     f"(curve on 8 windows every 4 steps: {curve})")
         cpu = f"{row['cpu_s'] / 60:.1f} min" if "cpu_s" in row else ""
-        lines.append(f"| {label} | {row['perplexity']:.3f} | {row['vs_float']:.3f} | {row['bits_per_weight']:.3f} | {cpu} |")
+        lines.append(f"| {label} | {cells(row)} {row['bits_per_weight']:.3f} | {cpu} |")
     for name, row in r["llama_cpp"].items():
-        lines.append(f"| {name} (same float weights) | {row['perplexity']:.3f} | {row['perplexity'] / base:.3f} "
-                     f"| {row['bits_per_weight']:.3f} | |")
-    lines += ["", f"({r['windows']} SQLite held-out windows × {r['window']}; QAT: {r['batch_size']} × {r['seq_len']} "
+        lines.append(f"| {name} (same float weights) | {cells(row)} {row['bits_per_weight']:.3f} | |")
+    held = f"{r['windows']} SQLite held-out windows × {r['window']}"
+    if ood:
+        held += f"; out of domain: as many windows of `{r['heldout_ood']['source']}` (quotations and verse)"
+    lines += ["", f"({held}; QAT: {r['batch_size']} × {r['seq_len']} "
                   "tokens per step, forward KL from the online float teacher, float32; CPU time of the `nano` "
                   "command that made the row from the previous one.)"]
     return "\n".join(lines)
@@ -296,8 +310,6 @@ def render_launch(results: list[dict]) -> str:
 RENDERERS: dict[str, Callable[[list[dict]], str]] = {"export_bench": render_export_bench,
                                                       "launch": render_launch,
                                                       "qat": render_qat,
-
-
                                                       "stream_rss": render_stream_rss,
                                                       "recovery": render_recovery,
                                                       "prune": render_prune,
