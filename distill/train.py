@@ -20,6 +20,7 @@ from jax.sharding import Mesh
 
 from distill.distributed import barrier, is_main_process, process_rows, put_global, to_host
 from distill.mesh import batch_sharding, make_mesh, replicated, tree_shardings, vocab_sharding
+from distill.teacher_cache.rows import row_inputs
 from nano.checkpoint import load_checkpoint, load_meta, load_tokenizer, save_checkpoint
 from nano.config import get_preset
 from nano.data.stream import TokenRows
@@ -313,8 +314,6 @@ class Trainer:
 
     def batch(self, step: int) -> tuple[dict[str, Any], bool]:
         """The batch of optimizer step `step` (a pure function of seed and step)."""
-        from distill.teacher_cache import row_inputs
-
         cfg = self.cfg
         idx = batch_rows(len(self.rows), step, cfg.batch_size, cfg.seed)
         idx = idx[self._local_rows]  # each process reads only the rows of its own devices
