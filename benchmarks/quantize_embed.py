@@ -32,15 +32,20 @@ import numpy as np
 from benchmarks.harness.core import cpu_pressure
 from benchmarks.workspace import result_path, work_dir, write_result
 
-# name -> (method, group, damp, act_order, clip_steps); damp/act_order/clip only for gptq
+# name -> (method, group, damp, act_order, clip_steps, lookup); damp/act_order/clip/lookup only for
+# gptq; lookup: each row also damped by its token's calibration frequency (quantize.tied)
 ROWS = {
-    "gptq-g32": ("gptq", 32, 0.01, True, 20),  # = `--embed int4` (EMBED_INT4 with the default recipe)
-    "rtn-g32": ("rtn", 32, None, None, None),
-    "mse-g32": ("mse", 32, None, None, None),
-    "gptq-g64": ("gptq", 64, 0.01, True, 20),
-    "gptq-row": ("gptq", None, 0.01, True, 20),
-    "gptq-g32-damp0.1": ("gptq", 32, 0.1, True, 20),
-    "gptq-g32-no-act-order": ("gptq", 32, 0.01, False, 20),
+    "gptq-g32": ("gptq", 32, 0.01, True, 20, 0.0),  # = `--embed int4` (EMBED_INT4 with the default recipe)
+    "rtn-g32": ("rtn", 32, None, None, None, None),
+    "mse-g32": ("mse", 32, None, None, None, None),
+    "gptq-g64": ("gptq", 64, 0.01, True, 20, 0.0),
+    "gptq-row": ("gptq", None, 0.01, True, 20, 0.0),
+    "gptq-g32-damp0.1": ("gptq", 32, 0.1, True, 20, 0.0),
+    "gptq-g32-damp1": ("gptq", 32, 1.0, True, 20, 0.0),
+    "gptq-g32-no-act-order": ("gptq", 32, 0.01, False, 20, 0.0),
+    "gptq-g32-lookup0.01": ("gptq", 32, 0.01, True, 20, 0.01),
+    "gptq-g32-lookup0.1": ("gptq", 32, 0.01, True, 20, 0.1),
+    "gptq-g32-lookup1": ("gptq", 32, 0.01, True, 20, 1.0),
 }
 
 
@@ -75,20 +80,21 @@ def gptq_layers(ckpt: Path, calib: np.ndarray, cache: Path) -> dict:
 
 
 def solve_rows(names: list[str], rows: dict, done, teacher: Path, cache: Path, windows: np.ndarray,
-               q4: float) -> None:
+               calib: np.ndarray, q4: float) -> None:
     """Quantize the embedding as each row says, on the cached layers, and score it."""
     from nano.checkpoint import load_checkpoint, load_config, model_from_flat
     from nano.eval import evaluate
     from nano.qcheckpoint import tensor_bytes
     from nano.qtensor import QTensor, dequantize
-    from quantize.gptq import GPTQ
     from quantize.int4 import quantize
     from quantize.mse import quantize_mse
     from quantize.stats import InputStats
+    from quantize.tied import solve_tied, token_counts
 
     femb = np.asarray(load_checkpoint(teacher).embed[...], np.float32).copy()
     flat = dict(np.load(cache / "qmodel.npz"))
     model = model_from_flat(load_config(teacher), flat, source=str(cache))
+    counts = token_counts(calib, femb.shape[0])  # the lookups the calibration made
     hs = np.load(cache / "head_stats.npz")
     head = InputStats(femb.shape[1])
     head.add_moments(hs["gram"], hs["abs_sum"], int(hs["n"]))
@@ -98,7 +104,7 @@ def solve_rows(names: list[str], rows: dict, done, teacher: Path, cache: Path, w
     del flat
 
     for name in names:
-        method, group, damp, act_order, clip = ROWS[name]
+        method, group, damp, act_order, clip, lookup = ROWS[name]
         if name in rows:
             continue
         t0 = time.perf_counter()
@@ -107,7 +113,7 @@ def solve_rows(names: list[str], rows: dict, done, teacher: Path, cache: Path, w
             z = np.load(cache / "embed_gptq_g32.npz")
             qt = QTensor(q=z["q"], scale=z["scale"], zero=None, bits=4, group=32)
         elif method == "gptq":
-            qt = GPTQ.from_stats(head).solve(femb.T, damp=damp, act_order=act_order, clip_steps=clip, **kw)
+            qt = solve_tied(head, femb.T, counts, lookup=lookup, damp=damp, act_order=act_order, clip_steps=clip, **kw)
         elif method == "mse":
             qt = quantize_mse(femb.T, steps=20, **kw)
         else:
@@ -120,6 +126,7 @@ def solve_rows(names: list[str], rows: dict, done, teacher: Path, cache: Path, w
         done(name, {"perplexity": ppl, "bits_per_weight": bpw,
                     "embed_bits_per_weight": 8 * tensor_bytes("embed", qt) / qt.q.size,
                     "method": method, "group": group, "damp": damp, "act_order": act_order, "clip_steps": clip,
+                    "lookup": lookup,
                     "weight_rel_err": float(np.linalg.norm(femb.T - wh) / np.linalg.norm(femb)),
                     "head_output_rel_err": head.output_error(femb.T, wh),
                     "gap_closed": (q4 - ppl) / (q4 - rows["float32"]["perplexity"]),
@@ -165,7 +172,7 @@ def main() -> None:
                          "bits_per_weight": 32.0})
     names = [n for n in names if n not in rows]
     if names:  # finished rows are cached: a killed run resumes, a finished one only writes the table
-        solve_rows(names, rows, done, held.teacher, cache, windows, args.q4_0)
+        solve_rows(names, rows, done, held.teacher, cache, windows, calib, args.q4_0)
     print(f"\n{len(windows)} SQLite held-out windows x 512; calibration {calib_info['rows']} x 512 Python-docs "
           f"tokens; layers: int4 g32 GPTQ ({layers['quantize_seconds']:.0f} s); llama.cpp pure Q4_0 {args.q4_0}")
     print(f"{'embedding':<24}{'perplexity':>11}{'bits/weight':>13}{'gap closed':>12}{'weight err':>12}{'head err':>10}")

@@ -162,6 +162,8 @@ def render_quantize_embed(results: list[dict]) -> str:
         how = {"rtn": "round-to-nearest", "mse": "MSE clipping", "gptq": "GPTQ as the LM head"}[row["method"]]
         if row["method"] == "gptq":
             how += f", damp {row['damp']}" + ("" if row["act_order"] else ", no act-order")
+            if row.get("lookup"):
+                how += f", rows damped by lookup frequency × {row['lookup']:g}"
         lines.append(f"| int4 {group}, {how} | {row['perplexity']:.3f} | {row['bits_per_weight']:.3f} "
                      f"| {100 * row['gap_closed']:.1f}% | {row['weight_rel_err']:.4f} "
                      f"| {row['head_output_rel_err']:.4f} |")

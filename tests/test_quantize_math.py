@@ -10,6 +10,8 @@ from quantize.awq import search_scales
 from quantize.gptq import GPTQ
 from quantize.int4 import quantize
 from quantize.mse import quantize_mse
+from quantize.stats import InputStats
+from quantize.tied import buckets, row_damps, solve_tied, token_counts
 
 
 def sse(a, b):
@@ -343,6 +345,41 @@ def test_solve_many_equals_one_solve_each():
         np.testing.assert_array_equal(qt.scale, ref.scale)
     assert g.factor(damp=0.01, act_order=True) is f  # cached, not recomputed
     assert g.factor(damp=0.1, act_order=True) is not f
+
+
+def test_tied_gptq_is_plain_gptq_per_damping_bucket():
+    """The tied embedding (d, V): lookup 0 is plain GPTQ bit for bit; equal frequencies are plain
+    GPTQ at damp + lookup; mixed frequencies solve each bucket's rows at its damping."""
+    x, _ = toy_layer(n=512)
+    stats = InputStats(64)
+    stats.add_batch(x)
+    w = np.random.default_rng(3).standard_normal((64, 40)).astype(np.float32)  # 40 "tokens"
+    kw = dict(group=32, act_order=True, clip_steps=20)
+
+    def plain(cols, damp):
+        return GPTQ.from_stats(stats).solve(w[:, cols], damp=damp, **kw)
+
+    every = np.arange(40)
+    for counts, lookup, damp in [(np.arange(40.0), 0.0, 0.01), (np.full(40, 3.0), 0.5, 0.51)]:
+        got, ref = solve_tied(stats, w, counts, lookup=lookup, **kw), plain(every, damp)
+        np.testing.assert_array_equal(got.q, ref.q)
+        np.testing.assert_array_equal(got.scale, ref.scale)
+
+    counts = np.zeros(40)
+    counts[:4] = [30, 30, 10, 1]  # 71 tokens: f * V = 16.9, 16.9, 5.6, 0.56
+    damps = row_damps(counts, damp=0.01, lookup=0.1)
+    np.testing.assert_allclose(damps[:5], [0.01 + 0.1 * 30 * 40 / 71] * 2 + [0.01 + 0.1 * 10 * 40 / 71,
+                                                                         0.01 + 0.1 * 40 / 71, 0.01])
+    parts = buckets(damps)
+    assert [rows.tolist() for _, rows in parts] == [list(range(4, 40)), [3], [2], [0, 1]]
+    got = solve_tied(stats, w, counts, lookup=0.1, **kw)
+    for d, rows in parts:
+        ref = plain(rows, d)
+        np.testing.assert_array_equal(got.q[:, rows], ref.q)
+        np.testing.assert_array_equal(got.scale[:, rows], ref.scale)
+    np.testing.assert_array_equal(token_counts(np.array([[0, 2], [2, 39]]), 40)[[0, 1, 2, 39]], [1, 0, 2, 1])
+    with pytest.raises(NanoError, match="outside"):
+        token_counts(np.array([40]), 40)
 
 
 @pytest.mark.parametrize("sym,conv,bits", [(True, "max7", 4), (False, "max7", 4), (True, "q4_0", 4), (True, "max7", 8)])
