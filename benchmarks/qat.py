@@ -10,7 +10,7 @@ killed run resumes; their wall and CPU seconds in stages.json):
              4.5 bits per weight all-in. The post-training start.
   qat-N-lrLR `nano distill --init <gptq> --qat --teacher gemma3-270m`, one per TOKENS@LR of `--runs`:
              forward KL from the online float teacher, N tokens at 4 x 256 per step, peak lr LR (2 warmup steps, cosine
-             to 10%), float32; latent weights and per-group scales trained with straight-through
+             to 10%; `:SCALES` trains the scales at LR x SCALES), float32; latent weights and per-group scales trained with straight-through
              rounding; 8 held-out windows scored every 4 steps (the curve). Writes a quantized
              checkpoint with the same grid (bits per weight unchanged).
   eval       `nano eval` on `--windows` held-out windows (BOS + 511 tokens) for the float teacher, the
@@ -40,6 +40,15 @@ def quantized_bits(ckpt: Path) -> float:
     return float(read_json(ckpt / "quantization.json", missing=f"{ckpt}: not quantized")["totals"]["bits_per_weight"])
 
 
+def _run_spec(spec: str) -> tuple[str, str, float]:
+    """`TOKENS@LR[:SCALES]` -> (tokens, lr, the scales' factor on lr)."""
+    tokens, _, rest = spec.partition("@")
+    lr, _, view_lr = rest.partition(":")
+    if not tokens.isdigit() or not lr:
+        raise SystemExit(f"error: --runs entry {spec!r}: expected TOKENS@LR or TOKENS@LR:SCALES, e.g. 16384@2e-4:0.25")
+    return tokens, lr, float(view_lr or 1)
+
+
 def llama_cpp_rows(teacher: Path, windows: dict[str, object], work: Path) -> dict[str, dict]:
     """llama.cpp's own quantizer on the same float weights (its F32 GGUF), scored by llama.cpp on the
     same windows (each named set); kept in work/llama_cpp.json."""
@@ -65,7 +74,8 @@ def llama_cpp_rows(teacher: Path, windows: dict[str, object], work: Path) -> dic
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", default="16384@5e-5", help="QAT runs as TOKENS@LR, comma-separated")
+    ap.add_argument("--runs", default="16384@5e-5", help="QAT runs as TOKENS@LR[:SCALES] (SCALES: the per-group "
+                                                          "scales' factor on LR, default 1), comma-separated")
     ap.add_argument("--windows", type=int, default=40)
     ap.add_argument("--json", type=Path, default=result_path("qat"))
     args = ap.parse_args()
@@ -89,18 +99,19 @@ def main() -> None:
     cost = st.run("quantize-gptq", gptq, "quantize", teacher, "--out", gptq, "--method", "gptq", "--embed", "int4",
                   "--eval-windows", 0, "--overwrite")
     rows["gptq"] = {**perplexities("gptq", gptq), "bits_per_weight": quantized_bits(gptq), **cost}
-    curve_cfg = work / "curve.json"
-    curve_cfg.write_text(json.dumps(CURVE))
-    for tokens, lr in (run.split("@") for run in args.runs.split(",")):
-        name = f"qat-{tokens}-lr{lr}"
+    for spec in args.runs.split(","):
+        tokens, lr, view_lr = _run_spec(spec)
+        name = f"qat-{tokens}-lr{lr}" + ("" if view_lr == 1 else f"-scales{view_lr:g}")
         run = work / name
+        run_cfg = work / f"{name}.json"
+        run_cfg.write_text(json.dumps({**CURVE, "view_lr": view_lr}))
         cost = st.run(name, run / "student", "distill", "--init", gptq, "--qat", "--teacher", teacher,
                       "--tokens", tokens, "--seq-len", SEQ_LEN, "--batch-size", BATCH, "--warmup-steps", 2,
-                      "--lr", lr, "--config", curve_cfg, "--out", run, "--resume")
+                      "--lr", lr, "--config", run_cfg, "--out", run, "--resume")
         curve = [{"step": r["step"], "tokens": r["step"] * SEQ_LEN * BATCH, "loss": r["loss"],
                   "heldout_ppl_8": r.get("heldout_ppl")}
                  for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
-        rows[name] = {**perplexities(name, run / "student"), "lr": float(lr),
+        rows[name] = {**perplexities(name, run / "student"), "lr": float(lr), "view_lr": view_lr,
                       "tokens": int(tokens), "bits_per_weight": quantized_bits(run / "student"), **cost,
                       "curve": curve}
     llama = llama_cpp_rows(teacher, {"perplexity": held.windows, "perplexity_ood": held.ood_windows}, work)

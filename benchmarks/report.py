@@ -243,7 +243,8 @@ def render_qat(results: list[dict]) -> str:
     names = {"float": "float32 (no quantization)", "gptq": "GPTQ int4 g32, embedding GPTQ'd as the LM head"}
     for name, row in rows.items():
         curve = " → ".join(f"{c['heldout_ppl_8']:.2f}" for c in row.get("curve", []) if c["heldout_ppl_8"])
-        label = names.get(name) or (f"+ QAT, {row['tokens']:,} tokens at lr {row['lr']:g} "
+        scales = "" if row.get("view_lr", 1) == 1 else f", scales at lr × {row['view_lr']:g}"
+        label = names.get(name) or (f"+ QAT, {row['tokens']:,} tokens at lr {row['lr']:g}{scales} "
                                     f"(curve on 8 windows every 4 steps: {curve})")
         cpu = f"{row['cpu_s'] / 60:.1f} min" if "cpu_s" in row else ""
         lines.append(f"| {label} | {cells(row)} {row['bits_per_weight']:.3f} | {cpu} |")

@@ -54,6 +54,7 @@ class TrainConfig:
     alpha: float = 0.0  # weight of hard-label cross-entropy mixed into the distillation loss
     freeze_embed: bool = False  # keep the tied embedding / LM head as it starts (no gradient, no Adam moments)
     qat: bool = False  # quantization-aware: train through the grid of the quantized `init` checkpoint
+    view_lr: float = 1.0  # a WeightView's arrays (QAT's per-group scales) train at lr x this
     onpolicy: float = 0.0  # GKD's lambda: fraction of steps trained on student-sampled continuations
     onpolicy_temperature: float = 1.0
     compute_dtype: str = "auto"  # auto: float32 on CPUs (XLA:CPU has no fast bf16: ~3x slower), bfloat16 elsewhere
@@ -84,6 +85,8 @@ class TrainConfig:
             problems.append("onpolicy needs an online teacher (a checkpoint), which scores the student's samples")
         if self.temperature <= 0 or self.lr <= 0 or self.seq_len < 2 or self.tokens <= 0:
             problems.append("temperature, lr, tokens must be > 0 and seq_len >= 2")
+        if self.view_lr < 0:
+            problems.append(f"view_lr {self.view_lr} (a factor >= 0 on lr for QAT's scales)")
         if self.qat and not self.init:
             problems.append("qat needs init: the quantized checkpoint (`nano quantize`) whose grid it trains")
         if problems:
@@ -158,6 +161,9 @@ def optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm),
                      optax.adamw(lr_schedule(cfg), b1=0.9, b2=0.95, weight_decay=cfg.weight_decay,
                                  mask=decay_mask))
+    if cfg.view_lr != 1.0:  # Adam's steps are ~lr whatever the gradient's scale: set the view's apart
+        view_mask = lambda params: jax.tree_util.tree_map_with_path(lambda path, _: _is_view(path), params)
+        tx = optax.chain(tx, optax.masked(optax.scale(cfg.view_lr), view_mask))
     if not cfg.freeze_embed:
         return tx
     # The frozen embedding gets no update and no moments (its gradient is not computed either:

@@ -96,6 +96,27 @@ def test_nest_and_flatten_are_inverse():
     assert qat.flatten(qat.nest(flat)) == flat
 
 
+def test_view_lr_scales_only_the_views_updates():
+    """`view_lr` multiplies the optimizer's updates of a WeightView's arrays (QAT's scales) and
+    leaves the weights' updates as they are."""
+    from distill.train import optimizer
+
+    params = {"weights": {"w": jnp.ones((2, 2))}, "view": {"s": jnp.ones(2)}}
+    grads = {"weights": {"w": jnp.full((2, 2), 0.5)}, "view": {"s": jnp.full(2, -0.5)}}
+
+    def updates(view_lr):  # of the second step: the first has lr 0 (warmup)
+        tx = optimizer(TrainConfig(lr=1e-2, warmup_steps=1, weight_decay=0.0, view_lr=view_lr))
+        _, state = tx.update(grads, tx.init(params), params)
+        return tx.update(grads, state, params)[0]
+
+    one, quarter = updates(1.0), updates(0.25)
+    np.testing.assert_array_equal(quarter["weights"]["w"], one["weights"]["w"])
+    np.testing.assert_allclose(quarter["view"]["s"], 0.25 * one["view"]["s"], rtol=1e-6)
+    assert float(one["view"]["s"][0]) > 0 > float(one["weights"]["w"][0, 0])  # steps against the gradients
+    with pytest.raises(NanoError, match="view_lr"):
+        TrainConfig(view_lr=-1.0)
+
+
 # ---- `nano distill --qat`: training through the grid, then an ordinary quantized checkpoint ----
 
 QAT_RUN = {"seq_len": 32, "batch_size": 4, "tokens": 4 * 32 * 4, "lr": 1e-3, "warmup_steps": 1,
