@@ -37,6 +37,7 @@ from .int4 import check_args, quantize
 from .mse import quantize_mse
 from .recipe import CALIBRATED, NO_CALIBRATION, Recipe, TensorSpec
 from .stats import InputStats
+from .tied import solve_tied, token_counts
 
 Progress = Callable[[str, int, int], None]
 
@@ -258,7 +259,11 @@ def quantize_model(model: Transformer, recipe: Recipe, calib: np.ndarray | None 
     if embed is not None and embed.method == "gptq":
         t0 = time.perf_counter()
         head = acts.head_stats(model)
-        finish("embed", embed, head, _matrix(model, "embed"), t0)
+        w = _matrix(model, "embed")  # (d, V): the LM head's kernel
+        qt = solve_tied(head, w, token_counts(calib, w.shape[1]), lookup=recipe.lookup, damp=recipe.damp,
+                        bits=embed.bits, group=embed.group, symmetric=embed.symmetric, act_order=recipe.act_order,
+                        clip_steps=recipe.clip_steps, scale_dtype=scale_dtype)
+        finish("embed", embed, head, w, t0, qt)
 
     floats.update({name: np.asarray(leaf[...]) for name, leaf in _params(model)
                    if name not in qtensors and name not in floats and not _abstract(leaf)})

@@ -73,6 +73,9 @@ class Recipe:
     clip_steps: int = 20
     awq_grid: int = 20  # AWQ: alpha values tried in [0, 1]
     mse_steps: int = 20  # MSE: clip ratios tried in [min_ratio, 1]
+    # GPTQ of the tied embedding as the LM head: each row also damped by lookup x its token's
+    # calibration frequency x vocab (the lookup role; quantize.tied); 0 = plain GPTQ.
+    lookup: float = 0.0
 
     def __post_init__(self):
         self.default.check("recipe")
@@ -81,6 +84,8 @@ class Recipe:
                 self._merge(self.default, fields, f"recipe override {glob!r}")
         if self.damp < 0:
             raise NanoError(f"recipe: damp {self.damp} must be >= 0; use 0.01")
+        if self.lookup < 0:
+            raise NanoError(f"recipe: lookup {self.lookup} must be >= 0; use 0 (plain GPTQ) or e.g. 0.1")
 
     @staticmethod
     def _merge(base: TensorSpec, fields: Mapping[str, Any], where: str) -> TensorSpec:
@@ -108,18 +113,18 @@ class Recipe:
                 "overrides": {g: ("float" if f is None else dict(f)) for g, f in self.overrides},
                 "damp": self.damp, "act_order": self.act_order, "clip_steps": self.clip_steps,
                 "awq_grid": self.awq_grid,
-                "mse_steps": self.mse_steps}
+                "mse_steps": self.mse_steps, "lookup": self.lookup}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "recipe") -> "Recipe":
         if not isinstance(data, Mapping):
             raise NanoError(f"{source}: a recipe is a JSON object")
-        known = SPEC_FIELDS | {"overrides", "damp", "act_order", "clip_steps", "awq_grid", "mse_steps"}
+        known = SPEC_FIELDS | {"overrides", "damp", "act_order", "clip_steps", "awq_grid", "mse_steps", "lookup"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise NanoError(f"{source}: unknown field {unknown[0]!r}; use {', '.join(sorted(known))}")
-        kw: dict[str, Any] = {k: data[k] for k in ("damp", "act_order", "clip_steps", "awq_grid", "mse_steps")
-                               if k in data}
+        kw: dict[str, Any] = {k: data[k] for k in ("damp", "act_order", "clip_steps", "awq_grid", "mse_steps",
+                                                   "lookup") if k in data}
         default = TensorSpec(**{k: data[k] for k in SPEC_FIELDS if k in data}).check(source)
         if "overrides" in data:
             raw = data["overrides"]
