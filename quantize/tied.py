@@ -44,8 +44,12 @@ def row_damps(counts: np.ndarray, *, damp: float, lookup: float) -> np.ndarray:
 
 def buckets(damps: np.ndarray) -> list[tuple[float, np.ndarray]]:
     """(damping, row indices) groups: rows within a factor BUCKET share the bucket's smallest
-    damping, so a bucket never damps a row more than the rule says."""
-    levels = np.floor(np.log(damps / damps.min()) / np.log(BUCKET) + 1e-9).astype(np.int64)
+    damping, so a bucket never damps a row more than the rule says. Undamped rows (damp 0, never
+    looked up) are a bucket of their own."""
+    levels = np.full(len(damps), -1, np.int64)
+    damped = damps > 0
+    if damped.any():
+        levels[damped] = np.floor(np.log(damps[damped] / damps[damped].min()) / np.log(BUCKET) + 1e-9)
     out = []
     for level in np.unique(levels):
         rows = np.flatnonzero(levels == level)

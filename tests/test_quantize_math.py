@@ -377,6 +377,8 @@ def test_tied_gptq_is_plain_gptq_per_damping_bucket():
         ref = plain(rows, d)
         np.testing.assert_array_equal(got.q[:, rows], ref.q)
         np.testing.assert_array_equal(got.scale[:, rows], ref.scale)
+    undamped = buckets(row_damps(counts, damp=0.0, lookup=0.1))  # damp 0: unseen rows stay apart
+    assert [(d, rows.tolist()) for d, rows in undamped][:2] == [(0.0, list(range(4, 40))), (0.1 * 1 * (40 / 71), [3])]
     np.testing.assert_array_equal(token_counts(np.array([[0, 2], [2, 39]]), 40)[[0, 1, 2, 39]], [1, 0, 2, 1])
     with pytest.raises(NanoError, match="outside"):
         token_counts(np.array([40]), 40)
