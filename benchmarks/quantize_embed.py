@@ -124,7 +124,7 @@ def solve_rows(names: list[str], rows: dict, done, teacher: Path, cache: Path, w
         bpw = 8 * (float_bytes + linear_bytes + tensor_bytes("embed", qt)) / n_params
         ppl = evaluate(model, windows).perplexity
         done(name, {"perplexity": ppl, "bits_per_weight": bpw,
-                    "embed_bits_per_weight": 8 * tensor_bytes("embed", qt) / qt.q.size,
+                    "embed_bits_per_weight": 8 * tensor_bytes("embed", qt) / qt.size,
                     "method": method, "group": group, "damp": damp, "act_order": act_order, "clip_steps": clip,
                     "lookup": lookup,
                     "weight_rel_err": float(np.linalg.norm(femb.T - wh) / np.linalg.norm(femb)),

@@ -259,6 +259,50 @@ def render_qat(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+QUANTIZE_LABELS = {
+    "float": "float32 (no quantization)",
+    "gptq": "Nano GPTQ, int8 embedding",
+    "awq": "Nano AWQ, int8 embedding",
+    "mse": "Nano MSE clipping, int8 embedding",
+    "rtn": "Nano round-to-nearest, int8 embedding",
+    "int4-last": "Nano GPTQ, int4 g32 embedding GPTQ'd last (as the quantized layers' LM head)",
+    "int4": "Nano GPTQ, `--embed int4` (int4 g32, GPTQ'd first, as the float model's LM head)",
+    "mixed": "Nano GPTQ, **`--embed mixed`** (int4 g64 + the most frequent tokens' rows int8)",
+}
+
+
+def render_quantize(results: list[dict]) -> str:
+    """benchmarks/quantize.py: post-training and quantization-aware 4-bit rows next to llama.cpp's
+    own quantizations of the same float weights, on the in-domain and out-of-domain held-out texts."""
+    (r,) = results
+    lines = [source_line(r["provenance"])]
+    names = {"teacher": "Gemma 3 270M (its float weights are the dequantized Q4_K_M file)",
+             "student": "the pruned student of `make demo` (d512, recovered on 8,192 tokens; never quantized)"}
+    for label, m in r["models"].items():
+        lines += ["", f"**{names.get(label, label)}**", "",
+                  "| weights | held-out ppl | × float | gap closed | out-of-domain ppl | × float | gap closed "
+                  "| bits/weight (all tensors) | CPU time to make |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for name, row in [*m["rows"].items(), *m["llama_cpp"].items()]:
+            if name == "qat":
+                curve = " → ".join(f"{c['heldout_ppl_8']:.2f}" for c in row["curve"] if c["heldout_ppl_8"])
+                text = (f"+ QAT (`--qat --freeze-embed`) from the `--embed mixed` row, {row['tokens']:,} tokens at lr "
+                        f"{row['lr']:g} (8-window curve: {curve})")
+            else:
+                text = QUANTIZE_LABELS.get(name, f"{name} (same float weights)")
+            gap = lambda tag: f"{100 * row['gap_closed' + tag]:.1f}%" if "gap_closed" + tag in row else ""
+            cpu = f"{row['cpu_s'] / 60:.1f} min" if "cpu_s" in row else ""
+            lines.append(f"| {text} | {row['perplexity']:.3f} | {row['perplexity_vs_float']:.3f} | {gap('')} "
+                         f"| {row['perplexity_ood']:.3f} | {row['perplexity_ood_vs_float']:.3f} | {gap('_ood')} "
+                         f"| {row['bits_per_weight']:.3f} | {cpu} |")
+    lines += ["", f"({r['windows']} SQLite held-out windows × {r['window']}; out of domain: as many windows of "
+                  f"`{r['heldout_ood']['source']}` (quotations and verse). Gap closed: share of the llama.cpp Q4_0 → "
+                  "float perplexity gap, against pure Q4_0 for the rows with a 4-bit embedding and Q4_0 with a Q8_0 "
+                  "embedding for the others. Calibration: "
+                  f"{r['calibration']}. CPU time: user + system seconds of the `nano` command that made the row.)"]
+    return "\n".join(lines)
+
+
 def render_stream_rss(results: list[dict]) -> str:
     """benchmarks/stream_rss.py: peak RSS of a short `nano distill` against the training split's size."""
     (r,) = results
@@ -312,7 +356,7 @@ def render_launch(results: list[dict]) -> str:
 
 RENDERERS: dict[str, Callable[[list[dict]], str]] = {"export_bench": render_export_bench,
                                                       "launch": render_launch,
-                                                      "qat": render_qat,
+                                                      "qat": render_qat, "quantize": render_quantize,
                                                       "stream_rss": render_stream_rss,
                                                       "recovery": render_recovery,
                                                       "prune": render_prune,

@@ -140,8 +140,10 @@ def _keys(path) -> list:
 
 
 def _is_embed(path) -> bool:
+    """The tied embedding, and with QAT its view (the embedding's scales): freezing one alone would
+    still need the (V, D) gradient through the fake-quantized table."""
     keys = _keys(path)
-    return keys[:1] == ["embed"] or keys[:2] == ["weights", "embed"]
+    return keys[:1] == ["embed"] or keys[:2] in (["weights", "embed"], ["view", "embed"])
 
 
 def _is_view(path) -> bool:

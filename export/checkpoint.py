@@ -51,7 +51,9 @@ def stored_bytes(config: ModelConfig, entries: Mapping[str, Mapping[str, Any]]) 
             total += 4 * math.prod(shape)
         else:
             n_in, n_out = e["matrix_shape"]
-            total += n_in * n_out * e["bits"] // 8 + 4 * n_out * (1 if e["group"] is None else n_in // e["group"])
+            parts = [(n_out, e)] if not e.get("hot") else [(n_out - e["hot"]["rows"], e), (e["hot"]["rows"], e["hot"])]
+            total += sum(n_in * n * p["bits"] // 8 + 4 * n * (1 if p["group"] is None else n_in // p["group"])
+                         for n, p in parts)
     return total
 
 

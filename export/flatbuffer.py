@@ -108,8 +108,9 @@ def _is_const(model: fb.ModelT, sg: fb.SubGraphT, t: int) -> bool:
     return data is not None and len(data) > 0
 
 
-def use_embedding_lookup(model: fb.ModelT) -> None:
-    """Rewrite GATHER(table, ids) on a constant 2-D table into EMBEDDING_LOOKUP(ids, table)."""
+def use_embedding_lookup(model: fb.ModelT, tables: int = 1) -> None:
+    """Rewrite GATHER(table, ids) on a constant 2-D table into EMBEDDING_LOOKUP(ids, table); each
+    signature must have `tables` of them (2 for a split embedding)."""
     gather = [i for i, c in enumerate(model.operatorCodes)
               if flatbuffer_utils.get_builtin_code_from_operator_code(c) == fb.BuiltinOperator.GATHER]
     lookup = _opcode(model, fb.BuiltinOperator.EMBEDDING_LOOKUP)
@@ -124,9 +125,9 @@ def use_embedding_lookup(model: fb.ModelT) -> None:
                 op.opcodeIndex, op.inputs = lookup, [ids, table]
                 op.builtinOptionsType, op.builtinOptions = fb.BuiltinOptions.NONE, None
                 done += 1
-        if done != 1:
+        if done != tables:
             raise NanoError(f"export: signature {sg.name.decode()!r} has {done} embedding gathers, "
-                            "expected 1 (a bug in export/graph.py)")
+                            f"expected {tables} (a bug in export/graph.py)")
 
 
 def blockwise_scales(name: str, qt: QTensor) -> np.ndarray:
@@ -173,8 +174,8 @@ def _weight_buffers(model: fb.ModelT, name: str, w: Weight, shape: tuple[int, ..
     if have != shape:
         raise NanoError(f"{name}: weight of shape {have} for a graph input of shape {shape} "
                         "(a bug in export/tflite.py)")
-    if not is_q:
-        return _new_buffer(model, np.asarray(w, np.float32)), None  # a view is fine: `write` copies it
+    if not is_q:  # float32, or an int32 index table; a view is fine: `write` copies it
+        return _new_buffer(model, w if w.dtype == np.int32 else np.asarray(w, np.float32)), None
     codes = w.q.T  # (out, in)
     data = pack_int4(codes) if w.bits == 4 else np.ascontiguousarray(codes, np.int8).view(np.uint8).reshape(-1)
     scales = None if w.group is None else _new_buffer(model, blockwise_scales(name, w).view(np.uint8).reshape(-1))
@@ -208,22 +209,27 @@ def _bind(model: fb.ModelT, weights: Mapping[str, Weight]) -> dict[int, set[int]
     return bound
 
 
-def place_weights(model: fb.ModelT, weights: Mapping[str, Weight]) -> None:
+def place_weights(model: fb.ModelT, weights: Mapping[str, Weight], *, tables: int = 1) -> None:
     """Bind every weight input of a model converted by `export.graph` to its weight (float32 in the
-    input's layout, or a QTensor), then rewrite the embedding GATHER into EMBEDDING_LOOKUP.
+    input's layout, an int32 index table, or a QTensor), then rewrite the `tables` embedding
+    GATHERs into EMBEDDING_LOOKUP.
 
     Refuses a graph where a weight is read other than as the weight of FULLY_CONNECTED or
-    EMBEDDING_LOOKUP: int4/int8 tensors are only valid there, and a float one would mean the
-    converter kept a runtime TRANSPOSE."""
+    EMBEDDING_LOOKUP (an int32 table: by GATHER): int4/int8 tensors are only valid there,
+    and a float one would mean the converter kept a runtime TRANSPOSE."""
     bound = _bind(model, weights)
-    use_embedding_lookup(model)
+    use_embedding_lookup(model, tables)
     codes = [flatbuffer_utils.get_builtin_code_from_operator_code(c) for c in model.operatorCodes]
     weight_ops = {fb.BuiltinOperator.FULLY_CONNECTED, fb.BuiltinOperator.EMBEDDING_LOOKUP}
     for i, ts in bound.items():
         sg = model.subgraphs[i]
         for op in sg.operators:
             for slot, t in enumerate(op.inputs):
-                if t in ts and (slot != 1 or codes[op.opcodeIndex] not in weight_ops):
+                if t in ts and sg.tensors[t].type == fb.TensorType.INT32:
+                    ok = codes[op.opcodeIndex] == fb.BuiltinOperator.GATHER  # table or indices
+                else:
+                    ok = slot == 1 and codes[op.opcodeIndex] in weight_ops
+                if t in ts and not ok:
                     raise NanoError(f"export: {sg.tensors[t].name.decode()} is read by "
                                     f"{_OP_NAMES[codes[op.opcodeIndex]]} (input {slot}), not as a weight "
                                     "(a bug in export/graph.py)")

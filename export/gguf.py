@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from nano.errors import NanoError
-from nano.qtensor import QTensor
+from nano.qtensor import QTensor, SplitQTensor
 
 BLOCK = 32  # weights per Q4_0 / Q8_0 block
 
@@ -35,6 +35,9 @@ def ggml_blocks(name: str, qt: QTensor) -> tuple[str, np.ndarray]:
     """("q4_0" | "q8_0", uint8 (out, in / 32 * block bytes)): the (in, out) QTensor's codes as
     ggml blocks along the input, one row per output; NanoError when they cannot be exact."""
     fix = "quantize with --bits 4 --group 32 (or int8 per channel / group 32), symmetric"
+    if isinstance(qt, SplitQTensor):
+        raise NanoError(f"{name}: int8 rows inside an int4 tensor (`--embed mixed`) have no GGUF form (a ggml "
+                        "tensor has one block type); export it as .tflite, or quantize with --embed int4 for a GGUF")
     if not qt.symmetric:
         raise NanoError(f"{name}: asymmetric codes have no ggml Q4_0/Q8_0 equivalent; {fix}")
     n_in, n_out = qt.q.shape

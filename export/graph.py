@@ -15,6 +15,12 @@ quantizers and LiteRT's int4 kernels do not handle) while `tf.gather` gives a GA
 `export.flatbuffer` rewrites into EMBEDDING_LOOKUP. Lookup and head read the same input, hence
 one buffer in the file.
 
+A split embedding (`--embed mixed`: the frequent tokens' rows at int8, the rest at int4; a
+`nano.qtensor.SplitQTensor`) is two tables, `embed.hot` (K, D) and `embed.cold` (V - K, D), and
+`embed.slot` (V,) int32, each token's row in `[hot | cold]`: the lookup reads the slot and takes
+the row from the table it falls in (SELECT_V2), the head computes both tables' logits, concatenates
+them and GATHERs them back into vocabulary order by the same slots (one V-element gather a step).
+
 Signatures (one shared set of weights once `export.flatbuffer` has bound them):
   inputs   tokens int32 [1, T], input_pos int32 [T], kv_cache_{k,v}_i float32 [1, K, S_i, H]
            (S_i = seq_len; with `ring`, min(window, seq_len) for local layers: a ring written at
@@ -72,10 +78,14 @@ def _decoder(config: ModelConfig):
     return fn, gains, kernels
 
 
+EMBED_TABLES = ("embed.hot", "embed.cold")  # a split embedding's inputs (module doc)
+EMBED_SLOT = "embed.slot"
+
+
 class _Graph(tf.Module):
-    def __init__(self, config: ModelConfig, gains: Mapping[str, np.ndarray], *, ring: bool):
+    def __init__(self, config: ModelConfig, gains: Mapping[str, np.ndarray], *, ring: bool, hot_rows: int = 0):
         super().__init__()
-        self.config, self.ring = config, ring
+        self.config, self.ring, self.hot_rows = config, ring, hot_rows
         fn, names, self.kernels = _decoder(config)
         gains = {n: np.asarray(gains[n], np.float32) for n in names}
         if config.final_softcap is not None:
@@ -85,17 +95,36 @@ class _Graph(tf.Module):
         self.decoder = jax2tf.convert(fn, with_gradient=False, native_serialization_platforms=("cpu",))
         self.gains = [tf.Variable(gains[n], trainable=False) for n in names]
 
+    def _lookup(self, embed, ids):
+        """(T, D) rows of `ids` (T,): one table, or a split one's (hot, cold, slot)."""
+        if not self.hot_rows:
+            return tf.gather(embed, ids)  # becomes EMBEDDING_LOOKUP
+        hot, cold, slot = embed
+        k = self.hot_rows
+        j = tf.gather(slot, ids)  # (T,) row in [hot | cold]
+        rows_hot = tf.gather(hot, tf.minimum(j, k - 1))
+        rows_cold = tf.gather(cold, tf.maximum(j - k, 0))
+        return tf.where(tf.reshape(j < k, [-1, 1]), rows_hot, rows_cold)
+
+    def _head(self, embed, h):
+        """(1, V) logits of h (1, D) on the tied embedding."""
+        if not self.hot_rows:
+            return tf.matmul(h, embed, transpose_b=True)
+        hot, cold, slot = embed
+        both = tf.concat([tf.matmul(h, hot, transpose_b=True), tf.matmul(h, cold, transpose_b=True)], axis=1)
+        return tf.gather(both, slot, axis=1)  # back into vocabulary order
+
     def step(self, tokens, input_pos, caches, kernels_t, embed):
         c = self.config
         T = tokens.shape[1]
-        x = tf.gather(embed, tf.reshape(tokens, [T]))  # (T, D); becomes EMBEDDING_LOOKUP
+        x = self._lookup(embed, tf.reshape(tokens, [T]))  # (T, D)
         x = tf.reshape(x * np.float32(math.sqrt(c.d_model)), [1, T, c.d_model])  # (B, T, D)
         pairs = [(caches[2 * i], caches[2 * i + 1]) for i in range(c.num_layers)]
         h, new = self.decoder(self.gains, list(kernels_t), x, input_pos, pairs)
         if T > 1:  # logits of the last real token only: a [1, T, V] output would dwarf the model
             last = tf.argmax(input_pos, output_type=tf.int32)
             h = tf.slice(h, tf.stack([0, last, 0]), [1, 1, c.d_model])
-        logits = tf.matmul(tf.reshape(h, [1, c.d_model]), embed, transpose_b=True)  # (1, V)
+        logits = self._head(embed, tf.reshape(h, [1, c.d_model]))  # (1, V)
         if c.final_softcap is not None:
             logits = tf.tanh(logits) * np.float32(c.final_softcap)
         out = {"logits": tf.reshape(logits, [1, 1, c.vocab_size])}
@@ -112,12 +141,19 @@ class _Graph(tf.Module):
         specs += [tf.TensorSpec([1, c.num_kv_heads, n, c.head_dim], tf.float32, name=f"kv_cache_{kv}_{i}")
                   for i, n in enumerate(cache_lengths(c, S, ring=self.ring)) for kv in "kv"]
         specs += [tf.TensorSpec(s[::-1], tf.float32, name=n) for n, s in self.kernels.items()]  # (out, in)
-        specs.append(tf.TensorSpec([c.vocab_size, c.d_model], tf.float32, name="embed"))
+        if self.hot_rows:
+            k = self.hot_rows
+            specs += [tf.TensorSpec([k, c.d_model], tf.float32, name=EMBED_TABLES[0]),
+                      tf.TensorSpec([c.vocab_size - k, c.d_model], tf.float32, name=EMBED_TABLES[1]),
+                      tf.TensorSpec([c.vocab_size], tf.int32, name=EMBED_SLOT)]
+        else:
+            specs.append(tf.TensorSpec([c.vocab_size, c.d_model], tf.float32, name="embed"))
         n_cache, n_kernels = 2 * c.num_layers, len(self.kernels)
 
         def fn(tokens, input_pos, *rest):
             caches, kernels_t = rest[:n_cache], rest[n_cache:n_cache + n_kernels]
-            return self.step(tokens, input_pos, caches, kernels_t, rest[-1])
+            embed = rest[n_cache + n_kernels:]
+            return self.step(tokens, input_pos, caches, kernels_t, embed if self.hot_rows else embed[0])
 
         fn.__name__ = name  # the signature key
         return tf.function(fn, input_signature=specs, autograph=False).get_concrete_function()
@@ -129,12 +165,13 @@ def prefill_signature(T: int) -> str:
 
 
 def convert(config: ModelConfig, gains: Mapping[str, np.ndarray], *, seq_len: int,
-            prefill_lens: Sequence[int], ring: bool = False) -> bytes:
+            prefill_lens: Sequence[int], ring: bool = False, hot_rows: int = 0) -> bytes:
     """TFLite flatbuffer (builtin ops only) of the model with `gains` (its norm gains, float32,
     named as in Nano) as constants, every weight as a signature input (see the module doc), and a
     `prefill_<T>` signature for each T in `prefill_lens`. `ring`: local layers keep a ring of
-    `window` cache positions (`nano.model.cache_lengths`)."""
-    graph = _Graph(config, gains, ring=ring)
+    `window` cache positions (`nano.model.cache_lengths`). `hot_rows`: the embedding is split,
+    with that many rows in its hot table."""
+    graph = _Graph(config, gains, ring=ring, hot_rows=hot_rows)
     absl = logging.getLogger("absl")
     level = absl.level
     absl.setLevel(logging.ERROR)  # tf.function warns once per dotted weight name ("Sanitizing ...")

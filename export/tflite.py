@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 
 from export import flatbuffer
-from export.graph import convert
+from export.graph import EMBED_SLOT, EMBED_TABLES, convert
 from nano.atomic import atomic_file
 from nano.checkpoint import expected_shapes, flat_params
 from nano.config import ModelConfig
 from nano.errors import NanoError
 from nano.model import Transformer
-from nano.params import as_matrix, is_matrix, matrix_shape
-from nano.qtensor import QTensor, qrange
+from nano.params import EMBED, as_matrix, is_matrix, matrix_shape
+from nano.qtensor import QTensor, SplitQTensor, qrange
 
 # KV-cache length when the model allows it: every layer attends over all S positions (masked),
 # and nano1's float32 caches at 1024 take 21 x 2 x 1024 x 256 x 4 B = 44 MB.
@@ -64,37 +64,54 @@ def default_lengths(config: ModelConfig, seq_len: int | None = None,
     return S, tuple(sorted(lens))
 
 
-def check_qtensors(shapes: Mapping[str, tuple[int, ...]], qtensors: Mapping[str, QTensor]) -> None:
+def _parts(name: str, qt: QTensor | SplitQTensor, want: tuple[int, int]) -> list[tuple[str, QTensor, tuple[int, int]]]:
+    """(name, QTensor, expected (in, out)) of each stored part: one, or a split embedding's two."""
+    if not isinstance(qt, SplitQTensor):
+        return [(name, qt, want)]
+    if name != EMBED:
+        raise NanoError(f"{name}: only the tied embedding can be split into int8 and int4 rows")
+    if qt.shape != want:
+        raise NanoError(f"{name}: split QTensor of shape {qt.shape}, expected {want}")
+    k = len(qt.ids)
+    return [(EMBED_TABLES[0], qt.hot, (want[0], k)), (EMBED_TABLES[1], qt.cold, (want[0], want[1] - k))]
+
+
+def check_qtensors(shapes: Mapping[str, tuple[int, ...]], qtensors: Mapping[str, QTensor | SplitQTensor]) -> None:
     """Refuse QTensors LiteRT cannot hold; `shapes` are the model's parameter shapes."""
-    for name, qt in qtensors.items():
-        if name not in shapes or not is_matrix(name):
-            raise NanoError(f"qtensors: {name!r} is not a kernel or the embedding of this model; "
+    for full, whole in qtensors.items():
+        if full not in shapes or not is_matrix(full):
+            raise NanoError(f"qtensors: {full!r} is not a kernel or the embedding of this model; "
                             "use names like 'layers.0.attn.q.kernel' or 'embed'")
-        want = matrix_shape(name, shapes[name])
-        if tuple(qt.q.shape) != want:
-            raise NanoError(f"{name}: QTensor codes have shape {tuple(qt.q.shape)}, expected {want} "
-                            "(in, out; the embedding is quantized as embed.T)")
-        if not qt.symmetric:
-            raise NanoError(f"{name}: asymmetric QTensor; LiteRT int4/int8 weights are symmetric, "
-                            "quantize with symmetric=True")
-        if qt.bits not in (4, 8) or (qt.bits == 8 and qt.group is not None):
-            raise NanoError(f"{name}: {qt.bits}-bit with group {qt.group} is not supported; "
-                            "use 4 bits (per channel or grouped) or 8 bits per channel (group=None)")
-        lo, hi = qrange(qt.bits, True)
-        if qt.q.size and (qt.q.min() < lo or qt.q.max() > hi):
-            raise NanoError(f"{name}: codes outside [{lo}, {hi}] for {qt.bits} bits; clip the codes")
-        if qt.group is not None and (qt.group <= 0 or want[0] % qt.group):
-            raise NanoError(f"{name}: group {qt.group} does not divide the input width {want[0]}; "
-                            "quantize with a group that does, or group=None")
-        groups = 1 if qt.group is None else want[0] // qt.group
-        if qt.scale.shape != (groups, want[1]):
-            raise NanoError(f"{name}: scale shape {qt.scale.shape} does not match group {qt.group} "
-                            f"of a {want} weight; expected {(groups, want[1])}")
-        if not np.all(np.isfinite(qt.scale)) or np.any(qt.scale < 0):
-            raise NanoError(f"{name}: scales must be finite and >= 0 (negative ones come from "
-                            "convention='q4_0'); quantize with convention='max7'")
-        if qt.group is not None:
-            flatbuffer.blockwise_scales(name, qt)  # refuse before the slow conversion
+        for name, qt, want in _parts(full, whole, matrix_shape(full, shapes[full])):
+            _check_qtensor(name, qt, want)
+
+
+def _check_qtensor(name: str, qt: QTensor, want: tuple[int, int]) -> None:
+    """One stored INT4/INT8 tensor of (in, out) shape `want`."""
+    if tuple(qt.q.shape) != want:
+        raise NanoError(f"{name}: QTensor codes have shape {tuple(qt.q.shape)}, expected {want} "
+                        "(in, out; the embedding is quantized as embed.T)")
+    if not qt.symmetric:
+        raise NanoError(f"{name}: asymmetric QTensor; LiteRT int4/int8 weights are symmetric, "
+                        "quantize with symmetric=True")
+    if qt.bits not in (4, 8) or (qt.bits == 8 and qt.group is not None):
+        raise NanoError(f"{name}: {qt.bits}-bit with group {qt.group} is not supported; "
+                        "use 4 bits (per channel or grouped) or 8 bits per channel (group=None)")
+    lo, hi = qrange(qt.bits, True)
+    if qt.q.size and (qt.q.min() < lo or qt.q.max() > hi):
+        raise NanoError(f"{name}: codes outside [{lo}, {hi}] for {qt.bits} bits; clip the codes")
+    if qt.group is not None and (qt.group <= 0 or want[0] % qt.group):
+        raise NanoError(f"{name}: group {qt.group} does not divide the input width {want[0]}; "
+                        "quantize with a group that does, or group=None")
+    groups = 1 if qt.group is None else want[0] // qt.group
+    if qt.scale.shape != (groups, want[1]):
+        raise NanoError(f"{name}: scale shape {qt.scale.shape} does not match group {qt.group} "
+                        f"of a {want} weight; expected {(groups, want[1])}")
+    if not np.all(np.isfinite(qt.scale)) or np.any(qt.scale < 0):
+        raise NanoError(f"{name}: scales must be finite and >= 0 (negative ones come from "
+                        "convention='q4_0'); quantize with convention='max7'")
+    if qt.group is not None:
+        flatbuffer.blockwise_scales(name, qt)  # refuse before the slow conversion
 
 
 def check_params(config: ModelConfig, floats: Mapping[str, np.ndarray], qtensors: Mapping[str, QTensor],
@@ -131,12 +148,17 @@ def export_params(config: ModelConfig, out: str | Path, *, floats: Mapping[str, 
     S, lens = default_lengths(config, seq_len, prefill_lens)
     check_params(config, floats, qtensors, source=source)
     gains = {k: v for k, v in floats.items() if not is_matrix(k)}
-    tfl = flatbuffer.load(convert(config, gains, seq_len=S, prefill_lens=lens, ring=ring))
-    weights: dict[str, flatbuffer.Weight] = dict(qtensors)
+    split = qtensors.get(EMBED)
+    hot_rows = len(split.ids) if isinstance(split, SplitQTensor) else 0
+    tfl = flatbuffer.load(convert(config, gains, seq_len=S, prefill_lens=lens, ring=ring, hot_rows=hot_rows))
+    weights: dict[str, flatbuffer.Weight] = {k: v for k, v in qtensors.items() if k != EMBED or not hot_rows}
+    if hot_rows:
+        weights |= {EMBED_TABLES[0]: split.hot, EMBED_TABLES[1]: split.cold,
+                    EMBED_SLOT: np.argsort(split.order).astype(np.int32)}  # token -> its row in [hot | cold]
     for name, w in floats.items():
         if is_matrix(name):  # kernels as (out, in) views: the writer copies one tensor at a time
             weights[name] = as_matrix(name, np.asarray(w, np.float32)).T
-    flatbuffer.place_weights(tfl, weights)
+    flatbuffer.place_weights(tfl, weights, tables=2 if hot_rows else 1)
     with atomic_file(out) as f:
         flatbuffer.write(tfl, f)
     return Path(out)

@@ -241,7 +241,7 @@ def quantize(
     bits: Annotated[Optional[int], typer.Option(help="4 or 8 (default 4).")] = None,
     group: Annotated[Optional[int], typer.Option(help="Weights per scale along the input (32/64/128); 0 = per channel.")] = None,
     asymmetric: Annotated[bool, typer.Option(help="Zero points (asymmetric) instead of symmetric codes.")] = False,
-    embed: Annotated[Optional[str], typer.Option(help="Tied embedding / LM head: int8 (default, per row), int4 (GPTQ as the LM head on its calibration inputs, group 32), int4-mse (no calibration) or float.")] = None,
+    embed: Annotated[Optional[str], typer.Option(help="Tied embedding / LM head: int8 (default, per row), int4 (GPTQ as the LM head on its calibration inputs, group 32), mixed (int4 group 64 GPTQ with the most frequent calibration tokens' rows at int8, in int4 group 32's bits; LiteRT only), int4-mse (no calibration) or float.")] = None,
     recipe: Annotated[Optional[Path], typer.Option(help="JSON recipe with per-tensor overrides (see quantize/recipe.py); options here override it.")] = None,
     calib: Annotated[Optional[str], typer.Option(help="Calibration text: a prepared data dir (train split), a text file, a folder, or a .jsonl (default: the prepared Python docs).")] = None,
     calib_rows: Annotated[int, typer.Option(help="Calibration rows.")] = 128,
@@ -253,7 +253,7 @@ def quantize(
     from nano.checkpoint import expected_shapes, load_config, load_tokenizer
     from nano.data.prepare import prepare_default
     from nano.data.shards import TokenSplit, eval_windows as windows_of
-    from quantize.recipe import EMBED_INT4, Recipe
+    from quantize.recipe import EMBED_INT4, Recipe, embed_mixed
     from quantize.run import quantize_checkpoint
 
     path = _checkpoint(ckpt)
@@ -264,11 +264,12 @@ def quantize(
         given["symmetric"] = False
     rec = Recipe.from_file(recipe, **given) if recipe is not None else Recipe.from_dict(given, source="options")
     if embed is not None:
+        config = load_config(path)
         specs = {"int8": {"method": "rtn", "bits": 8, "group": None},
-                 "int4": dict(EMBED_INT4),
+                 "int4": dict(EMBED_INT4), "mixed": embed_mixed(config.vocab_size, config.d_model),
                  "int4-mse": {"method": "mse", "bits": 4, "group": rec.default.group or 32}, "float": None}
         if embed not in specs:
-            raise NanoError(f"--embed {embed!r}: use int8, int4, int4-mse or float")
+            raise NanoError(f"--embed {embed!r}: use int8, int4, mixed, int4-mse or float")
         import dataclasses
 
         rec = dataclasses.replace(rec, overrides=(*rec.overrides, ("embed", specs[embed])))
@@ -348,7 +349,8 @@ def _print_quant_report(summary: dict) -> None:
     table = Table("tensor", "method", "bits/weight", "weight rel err", "output rel err")
     for name, row in summary["report"].items():
         out_err = row["output_rel_err"]
-        table.add_row(name, row["method"], f"{row['bits_per_weight']:.3f}", f"{row['weight_rel_err']:.4f}",
+        method = row["method"] + (f" (+ {row['hot_rows']:,} int8 rows)" if row.get("hot_rows") else "")
+        table.add_row(name, method, f"{row['bits_per_weight']:.3f}", f"{row['weight_rel_err']:.4f}",
                       "-" if out_err is None else f"{out_err:.5f}")
     console.print(table)
     t = summary["totals"]
@@ -516,10 +518,17 @@ def _qat(cfg):
     import functools
 
     from distill.train import WeightView
-    from nano.checkpoint import flat_params, load_tokenizer
+    from export.tflite import check_qtensors
+    from nano.checkpoint import expected_shapes, flat_params, load_config, load_tokenizer
+    from nano.qcheckpoint import read_quantized
     from quantize import qat
 
     scales, grid = qat.start(cfg.init)
+    try:  # hours of training must end in a checkpoint `nano export` writes: refuse its grid now
+        check_qtensors(expected_shapes(load_config(cfg.init)), read_quantized(cfg.init)[1])
+    except NanoError as e:
+        raise NanoError(f"--init {cfg.init}: `nano export` cannot write its grid ({e}); quantize it with a "
+                        "grid LiteRT holds (int4 per channel or grouped, int8 per channel, symmetric)") from None
 
     def write(model, trained_scales, path, meta):
         qat.save(path, init=cfg.init, model_params=flat_params(model), scales=trained_scales, grid=grid,

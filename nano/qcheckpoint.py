@@ -13,6 +13,9 @@ A quantized checkpoint is an ordinary checkpoint directory (`config.json`, `meta
     w[o, i] = (q[o, i] - zero[o, i // group]) * scale[o, i // group]     (zero = 0 if symmetric)
 
 and every other parameter (norm gains, unquantized tensors) under its own name as before.
+A split parameter (:class:`nano.qtensor.SplitQTensor`: the embedding with its frequent tokens' rows
+on an 8-bit grid) stores its other rows as P.q / P.scale, those rows as P.hot.q / P.hot.scale,
+and their ids, increasing, as int32 P.hot_ids; its entry in `quantization.json` has `hot`.
 This is the layout of TFLite's int4/int8 fully-connected weights and of GGUF's blocks, so
 exporters read the codes without transposing. `quantization.json` lists each quantized
 tensor (bits, group, symmetric, method, errors), the recipe, the calibration data and the
@@ -35,7 +38,7 @@ from nano.atomic import atomic_dir
 from nano.errors import NanoError
 from nano.files import CONFIG, META, QUANT, TOKENIZER, WEIGHTS, read_json
 from nano.params import EMBED, as_matrix
-from nano.qtensor import QTensor, dequantize, pack_int4, unpack_int4
+from nano.qtensor import QTensor, SplitQTensor, dequantize, pack_int4, unpack_int4
 
 FORMAT = "nano-quant/1"
 SCALE_DTYPE = ml_dtypes.bfloat16  # exporters need bf16-representable scales (LiteRT blockwise)
@@ -45,8 +48,11 @@ def is_quantized(ckpt: str | Path) -> bool:
     return (Path(ckpt) / QUANT).is_file()
 
 
-def encode(name: str, qt: QTensor) -> dict[str, np.ndarray]:
+def encode(name: str, qt: QTensor | SplitQTensor) -> dict[str, np.ndarray]:
     """Tensors stored for one quantized parameter (see the module doc)."""
+    if isinstance(qt, SplitQTensor):
+        return {**encode(name, qt.cold), **encode(f"{name}.hot", qt.hot),
+                f"{name}.hot_ids": np.asarray(qt.ids, np.int32)}
     codes = np.ascontiguousarray(qt.q.T)  # (out, in)
     n_out, n_in = codes.shape
     if qt.bits == 4:
@@ -64,7 +70,31 @@ def encode(name: str, qt: QTensor) -> dict[str, np.ndarray]:
     return out
 
 
-def decode(name: str, tensors: Mapping[str, np.ndarray], entry: Mapping[str, Any]) -> QTensor:
+def entry_of(qt: QTensor | SplitQTensor) -> dict[str, Any]:
+    """The grid fields of a tensor's entry in quantization.json."""
+    if isinstance(qt, SplitQTensor):
+        return {**entry_of(qt.cold), "matrix_shape": list(qt.shape),
+                "hot": {"rows": len(qt.ids), "bits": qt.hot.bits, "group": qt.hot.group, "symmetric": qt.hot.symmetric}}
+    return {"bits": qt.bits, "group": qt.group, "symmetric": qt.symmetric, "matrix_shape": list(qt.q.shape)}
+
+
+def stored_keys(name: str, entry: Mapping[str, Any]) -> list[str]:
+    """The safetensors keys a quantized parameter's entry is stored under."""
+    keys = [f"{name}.q", f"{name}.scale"] + ([] if entry["symmetric"] else [f"{name}.zero"])
+    hot = entry.get("hot")
+    if hot:
+        keys += [f"{name}.hot.q", f"{name}.hot.scale", f"{name}.hot_ids"] + ([] if hot["symmetric"] else [f"{name}.hot.zero"])
+    return keys
+
+
+def decode(name: str, tensors: Mapping[str, np.ndarray], entry: Mapping[str, Any]) -> QTensor | SplitQTensor:
+    hot = entry.get("hot")
+    if hot:
+        n_in, n_out = entry["matrix_shape"]
+        k = int(hot["rows"])
+        ids = np.asarray(tensors[f"{name}.hot_ids"], np.int64)
+        cold = decode(name, tensors, {k: v for k, v in entry.items() if k != "hot"} | {"matrix_shape": [n_in, n_out - k]})
+        return SplitQTensor(ids=ids, hot=decode(f"{name}.hot", tensors, {**hot, "matrix_shape": [n_in, k]}), cold=cold)
     n_in, n_out = entry["matrix_shape"]
     bits, group, symmetric = entry["bits"], entry["group"], entry["symmetric"]
     codes = tensors[f"{name}.q"]
@@ -84,13 +114,13 @@ def size_totals(floats: Mapping[str, np.ndarray], qtensors: Mapping[str, QTensor
                 q_bytes: Mapping[str, int]) -> dict[str, Any]:
     """Parameters and stored bytes of a quantized checkpoint's tensors, as quantization.json's
     `totals` reports them; `q_bytes`: each quantized tensor's `tensor_bytes`."""
-    params = sum(a.size for a in floats.values()) + sum(qt.q.size for qt in qtensors.values())
+    params = sum(a.size for a in floats.values()) + sum(qt.size for qt in qtensors.values())
     total = sum(a.nbytes for a in floats.values()) + sum(q_bytes.values())
     linear = [n for n in qtensors if n != EMBED]
     return {"params": int(params), "bytes": int(total), "float32_bytes": int(4 * params),
             "bits_per_weight": 8 * total / params,
             "linear_bits_per_weight": (8 * sum(q_bytes[n] for n in linear)
-                                       / max(sum(qtensors[n].q.size for n in linear), 1))}
+                                       / max(sum(qtensors[n].size for n in linear), 1))}
 
 
 def save_quantized(out: str | Path, *, config, float_params: Mapping[str, np.ndarray],
@@ -103,8 +133,7 @@ def save_quantized(out: str | Path, *, config, float_params: Mapping[str, np.nda
     entries = {}
     for name, qt in qtensors.items():
         tensors.update(encode(name, qt))
-        entries[name] = {"bits": qt.bits, "group": qt.group, "symmetric": qt.symmetric,
-                         "matrix_shape": list(qt.q.shape), **tensor_info.get(name, {})}
+        entries[name] = {**entry_of(qt), **tensor_info.get(name, {})}
     with atomic_dir(out, overwrite=overwrite) as tmp:
         save_file(tensors, str(tmp / WEIGHTS))
         (tmp / CONFIG).write_text(config.to_json() + "\n")
@@ -129,7 +158,7 @@ def read_manifest(ckpt: str | Path) -> dict[str, Any]:
     return data
 
 
-def read_quantized(ckpt: str | Path) -> tuple[dict[str, np.ndarray], dict[str, QTensor], dict[str, Any]]:
+def read_quantized(ckpt: str | Path) -> tuple[dict[str, np.ndarray], dict[str, QTensor | SplitQTensor], dict[str, Any]]:
     """(float parameters, quantized parameters as QTensors, quantization.json) of a checkpoint."""
     manifest = read_manifest(ckpt)
     path = Path(ckpt) / WEIGHTS
@@ -146,9 +175,8 @@ def read_quantized(ckpt: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Q
         except (KeyError, NanoError, ValueError) as e:
             raise NanoError(f"{path}: quantized tensor {name!r} is incomplete or mis-shaped ({e}); "
                             "re-run `nano quantize`") from None
-    suffixes = (".q", ".scale", ".zero")
-    floats = {k: v for k, v in tensors.items()
-              if not (k.endswith(suffixes) and k.rsplit(".", 1)[0] in qtensors)}
+    stored = {k for name, entry in manifest["tensors"].items() for k in stored_keys(name, entry)}
+    floats = {k: v for k, v in tensors.items() if k not in stored}
     return floats, qtensors, manifest
 
 

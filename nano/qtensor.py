@@ -15,6 +15,9 @@ element ``2i`` goes into the *low* 4 bits of byte ``i``, element ``2i + 1`` into
 Signed values are 4-bit two's complement (``-8 -> 0x8``, ``-1 -> 0xF``); unsigned (asymmetric
 codes, 0..15) as themselves. An odd count is completed with one zero nibble in the high half of
 the last byte; rows are *not* padded individually. Example: ``[-8, 7, 0, -1] -> [0x78, 0xF0]``.
+
+:class:`SplitQTensor` puts some output columns of one matrix on another grid: the tied embedding
+with the rows of frequent tokens at 8 bits and the rest at 4 (its columns as the LM head).
 """
 
 from __future__ import annotations
@@ -51,6 +54,63 @@ class QTensor:
     def shape(self) -> tuple[int, int]:
         return self.q.shape
 
+    @property
+    def size(self) -> int:
+        return int(self.q.size)
+
+
+@dataclass(frozen=True)
+class SplitQTensor:
+    """An ``(in, out)`` matrix whose output columns ``ids`` are quantized as ``hot`` and the others,
+    in increasing order, as ``cold`` (for the embedding: ``ids`` are token ids, ``hot`` their rows)."""
+
+    ids: np.ndarray  # (K,) int64, strictly increasing
+    hot: QTensor  # (in, K)
+    cold: QTensor  # (in, out - K)
+
+    def __post_init__(self):
+        ids = np.asarray(self.ids)
+        n_in, k = self.hot.q.shape
+        if (ids.ndim != 1 or len(ids) != k or self.cold.q.shape[0] != n_in
+                or (k and (np.any(np.diff(ids) <= 0) or ids[0] < 0 or ids[-1] >= self.shape[1]))):
+            raise NanoError(f"SplitQTensor: {len(ids)} increasing column ids in [0, {self.shape[1]}) must match "
+                            f"the hot part {self.hot.q.shape} and the cold part {self.cold.q.shape}")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.hot.q.shape[0], self.hot.q.shape[1] + self.cold.q.shape[1]
+
+    @property
+    def size(self) -> int:
+        return self.hot.size + self.cold.size
+
+    @property
+    def symmetric(self) -> bool:
+        return self.hot.symmetric and self.cold.symmetric
+
+    @property
+    def cold_ids(self) -> np.ndarray:
+        """(out - K,) the other columns, increasing."""
+        keep = np.ones(self.shape[1], bool)
+        keep[self.ids] = False
+        return np.flatnonzero(keep)
+
+    @property
+    def order(self) -> np.ndarray:
+        """(out,) the column of the full matrix at each position of ``[hot | cold]``."""
+        return np.concatenate([np.asarray(self.ids, np.int64), self.cold_ids])
+
+
+def split_columns(w_hat_hot: np.ndarray, w_hat_cold: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The (in, out) matrix with ``w_hat_hot`` at columns ``ids`` and ``w_hat_cold`` at the others."""
+    n_in, k = w_hat_hot.shape
+    out = np.empty((n_in, k + w_hat_cold.shape[1]), np.float32)
+    keep = np.ones(out.shape[1], bool)
+    keep[ids] = False
+    out[:, ids] = w_hat_hot
+    out[:, keep] = w_hat_cold
+    return out
+
 
 def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
     """Smallest and largest integer code."""
@@ -60,15 +120,19 @@ def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
 
 
 def values(q: np.ndarray, scale: np.ndarray, zero: np.ndarray | None) -> np.ndarray:
-    """Dequantized float32 values of codes ``q`` with broadcastable scale/zero."""
-    q = q.astype(np.float32)
+    """Dequantized float32 values of codes ``q`` with broadcastable scale/zero (in one new array:
+    fresh multi-GB arrays are slow to fault in on some machines)."""
+    out = np.array(q, np.float32)  # a new array even when q is float32 (callers own the result)
     if zero is not None:
-        q = q - zero
-    return (q * scale).astype(np.float32)
+        out -= np.asarray(zero, np.float32)
+    out *= np.asarray(scale, np.float32)
+    return out
 
 
-def dequantize(qt: QTensor) -> np.ndarray:
+def dequantize(qt: QTensor | SplitQTensor) -> np.ndarray:
     """float32 (in, out) matrix represented by ``qt``."""
+    if isinstance(qt, SplitQTensor):
+        return split_columns(dequantize(qt.hot), dequantize(qt.cold), qt.ids)
     n_in, n_out = qt.q.shape
     G = qt.scale.shape[0]
     qg = qt.q.reshape(G, n_in // G, n_out)

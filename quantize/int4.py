@@ -130,12 +130,15 @@ def params(wg: np.ndarray, bits: int, symmetric: bool, *, ratio=1.0,
 def codes(wg: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, bits: int) -> np.ndarray:
     """Round-to-nearest integer codes (int8) of ``wg`` given broadcastable scale/zero."""
     lo, hi = qrange(bits, zero is None)
-    safe = np.where(scale == 0, np.float32(1), scale)
-    t = np.asarray(wg, np.float32) / safe
-    if zero is not None:
-        t = t + zero
-    q = np.where(scale == 0, 0, np.clip(np.rint(t), lo, hi))  # scale 0 only for all-zero groups
-    return q.astype(np.uint8 if hi > 127 else np.int8)
+    empty = scale == 0  # only all-zero groups
+    t = np.divide(np.asarray(wg, np.float32), np.where(empty, np.float32(1), scale))  # in place from here on:
+    if zero is not None:                                                              # one temporary, not five
+        t += zero
+    np.rint(t, out=t)
+    np.clip(t, lo, hi, out=t)
+    if empty.any():
+        t *= ~empty
+    return t.astype(np.uint8 if hi > 127 else np.int8)
 
 
 def from_grouped(qg: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, bits: int,

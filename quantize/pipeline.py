@@ -1,10 +1,11 @@
 """Quantize a whole model by a recipe: the calibrated, layer-by-layer driver.
 
-Order (GPTQ's sequential scheme): the embedding first when its method needs no activations
-(its rounding then shows in every later layer's inputs), then block by block -- measure the
+Order (GPTQ's sequential scheme): the embedding first when its method needs no activations, or
+when it is GPTQ'd as the LM head with `embed_first` (then on the float model's final hidden
+states), so its rounding shows in every later layer's inputs; then block by block -- measure the
 block's input moments with all earlier blocks quantized, apply AWQ's scalings to the float
 weights, quantize every linear layer of the block, run the quantized block to get the next
-block's inputs -- and last the embedding when it is GPTQ'd as the LM head.
+block's inputs -- and last the embedding when it is GPTQ'd as the LM head of the quantized layers.
 
 AWQ folds ``1/s`` into the op before each linear layer so the network's function is unchanged
 before rounding: the pre-attention / pre-MLP RMSNorm gains (for q/k/v and gate/up), the `up`
@@ -28,23 +29,23 @@ from flax import nnx
 from nano.errors import NanoError
 from nano.model import Transformer
 from nano.params import as_matrix, is_matrix, matrix_shape
-from nano.qtensor import QTensor, dequantize
+from nano.qtensor import QTensor, SplitQTensor, dequantize
 
 from .awq import search_scales_from_moments
-from .calibrate import SITE_OF, Activations
+from .calibrate import SITE_OF, Activations, float_head_stats
 from .gptq import GPTQ
 from .int4 import check_args, quantize
 from .mse import quantize_mse
-from .recipe import CALIBRATED, NO_CALIBRATION, Recipe, TensorSpec
-from .stats import InputStats
-from .tied import solve_tied, token_counts
+from .recipe import CALIBRATED, HOT_BITS, NO_CALIBRATION, Recipe, TensorSpec
+from .stats import InputStats, relative_error
+from .tied import hot_ids, solve_tied, split_solve, token_counts
 
 Progress = Callable[[str, int, int], None]
 
 
 @dataclasses.dataclass
 class QuantizedModel:
-    qtensors: dict[str, QTensor]  # parameter name -> codes of its (in, out) matrix (embed: embed.T)
+    qtensors: dict[str, QTensor | SplitQTensor]  # parameter name -> codes of its (in, out) matrix (embed: embed.T)
     floats: dict[str, np.ndarray]  # every parameter left in float (norm gains, "float" overrides)
     report: dict[str, dict[str, Any]]  # per quantized tensor: method, errors, seconds
     seconds: float
@@ -83,10 +84,14 @@ def plan(model: Transformer, recipe: Recipe) -> dict[str, TensorSpec]:
         spec = recipe.spec_for(path)
         if spec is None or not is_matrix(path):
             continue
-        n_in, _ = matrix_shape(path, param.shape)
+        n_in, n_out = matrix_shape(path, param.shape)
         check_args(np.zeros((n_in, 1), np.float32), spec.bits, spec.group, path)  # group divides width
         if spec.bits == 4 and n_in % 2:
             raise NanoError(f"'{path}': int4 needs an even input width, got {n_in}; give it bits 8 in the recipe")
+        if spec.hot_rows and path != "embed":
+            raise NanoError(f"recipe: hot_rows is for the tied embedding ('embed'), not {path!r}")
+        if spec.hot_rows and not 0 < spec.hot_rows < n_out:
+            raise NanoError(f"recipe: embed hot_rows {spec.hot_rows} must be below the vocabulary ({n_out} rows)")
         if path == "embed" and spec.method == "awq":
             raise NanoError("recipe: awq cannot scale the tied embedding (the lookup would change too); "
                             "use rtn, mse or gptq for 'embed'")
@@ -100,8 +105,16 @@ def _params(module: nnx.Module):
         yield ".".join(str(p) for p in path), leaf
 
 
+def _hot_spec(spec: TensorSpec, hot: bool) -> TensorSpec:
+    """The grid of a split embedding's hot rows (int8 per row) or of its other rows."""
+    return dataclasses.replace(spec, hot_rows=0, **({"bits": HOT_BITS, "group": None} if hot else {}))
+
+
 def _solve(name: str, w: np.ndarray, spec: TensorSpec, recipe: Recipe, stats: InputStats | None,
-           scale_dtype) -> QTensor:
+           scale_dtype, counts: np.ndarray | None = None) -> QTensor | SplitQTensor:
+    if spec.hot_rows:
+        return split_solve(w, hot_ids(counts, spec.hot_rows),
+                           lambda cols, ids, hot: _solve(name, cols, _hot_spec(spec, hot), recipe, stats, scale_dtype))
     kw = dict(bits=spec.bits, group=spec.group, symmetric=spec.symmetric, scale_dtype=scale_dtype, name=name)
     if spec.method == "gptq":
         return GPTQ.from_stats(stats).solve(w, damp=recipe.damp, act_order=recipe.act_order,
@@ -163,10 +176,12 @@ def _joint_gptq(names: list[str], specs: dict[str, TensorSpec], prefix: str) -> 
 
 def quantize_model(model: Transformer, recipe: Recipe, calib: np.ndarray | None = None, *,
                    batch: int = 8, scale_dtype=ml_dtypes.bfloat16, progress: Progress | None = None,
-                   blocks=None) -> QuantizedModel:
+                   blocks=None, frequencies: np.ndarray | None = None) -> QuantizedModel:
     """Quantize ``model`` in place (its weights become the dequantized values) by ``recipe``.
 
     ``calib``: (rows, T) token ids, needed when any tensor's method is gptq or awq.
+    ``frequencies``: (V,) token counts of the whole calibration text, which pick the embedding's
+    ``hot_rows`` (default: the counts in ``calib``).
     ``scale_dtype``: scales are rounded to it before codes are chosen (bf16: what the
     quantized checkpoint stores and LiteRT's blockwise int4 accepts).
     ``blocks``: a :class:`nano.checkpoint.BlockLoader` when ``model`` comes from
@@ -177,9 +192,19 @@ def quantize_model(model: Transformer, recipe: Recipe, calib: np.ndarray | None 
     """
     start = time.perf_counter()
     specs = plan(model, recipe)
-    calibrated = recipe.needs_calibration(specs)
-    if calibrated and (calib is None or len(calib) == 0):
+    calibrated = any(is_matrix(n) and s.method in CALIBRATED for n, s in specs.items())  # reads activations
+    if recipe.needs_calibration(specs) and (calib is None or len(calib) == 0):
         raise NanoError(NO_CALIBRATION)
+    counts = None
+    if "embed" in specs:  # token frequencies: the lookup damping and the hot rows
+        V = model.config.vocab_size
+        if frequencies is not None:  # a tokenizer may have fewer ids than rows (Gemma 3 4B+: 262,144 of 262,208)
+            if len(frequencies) > V:
+                raise NanoError(f"token counts for {len(frequencies)} ids, the embedding has {V} rows; "
+                                "calibrate with this model's tokenizer")
+            counts = np.pad(np.asarray(frequencies, np.float64), (0, V - len(frequencies)))
+        elif calib is not None:
+            counts = token_counts(calib, V)
     qtensors: dict[str, QTensor] = {}
     report: dict[str, dict[str, Any]] = {}
     floats: dict[str, np.ndarray] = {}
@@ -188,24 +213,31 @@ def quantize_model(model: Transformer, recipe: Recipe, calib: np.ndarray | None 
     def finish(name: str, spec: TensorSpec, stats: InputStats | None, w: np.ndarray, t0: float,
                qt: QTensor | None = None, seconds: float | None = None) -> None:
         if qt is None:
-            qt = _solve(name, w, spec, recipe, stats, scale_dtype)
+            qt = _solve(name, w, spec, recipe, stats, scale_dtype, counts)
         wh = dequantize(qt)
         _set_matrix(model, name, wh)
         qtensors[name] = qt
-        norm = float(np.linalg.norm(w))
         report[name] = {"method": spec.method, "bits": spec.bits, "group": spec.group,
-                        "symmetric": spec.symmetric,
-                        "weight_rel_err": float(np.linalg.norm(w - wh)) / norm if norm else 0.0,
+                        "symmetric": spec.symmetric, **({"hot_rows": spec.hot_rows} if spec.hot_rows else {}),
+                        "weight_rel_err": relative_error(w, wh),
                         "output_rel_err": None if stats is None else stats.output_error(w, wh),
                         "seconds": round(time.perf_counter() - t0 if seconds is None else seconds, 3)}
 
     embed = specs.get("embed")
-    if embed is not None and embed.method != "gptq":  # its rounding reaches every layer's inputs
-        t0 = time.perf_counter()
-        finish("embed", embed, None, _matrix(model, "embed"), t0)
-
+    embed_last = embed is not None and embed.method == "gptq" and not recipe.embed_first
     acts = Activations(model, np.asarray(calib), batch=batch) if calibrated else None
     forward = 0.0
+    head = None
+    if embed is not None and not embed_last:  # its rounding reaches every layer's inputs
+        t0 = time.perf_counter()
+        qt = None
+        if embed.method == "gptq":  # as the LM head of the float model
+            head = float_head_stats(model, np.asarray(calib), batch=batch, blocks=blocks)
+            forward += time.perf_counter() - t0
+            qt = _solve_embed(model, embed, head, recipe, counts, scale_dtype)
+        finish("embed", embed, head, _matrix(model, "embed"), t0, qt)
+        if acts is not None:
+            acts.reembed(model)
     n_layers = len(model.layers)
     for i in range(n_layers):
         if blocks is not None:
@@ -245,7 +277,7 @@ def quantize_model(model: Transformer, recipe: Recipe, calib: np.ndarray | None 
                    None if seconds is None else seconds + time.perf_counter() - t0)
         del stats
         last = i + 1 == n_layers
-        if acts is not None and (not last or (embed is not None and embed.method == "gptq")):
+        if acts is not None and (not last or embed_last):
             t0 = time.perf_counter()
             acts.advance(block)
             forward += time.perf_counter() - t0
@@ -255,20 +287,33 @@ def quantize_model(model: Transformer, recipe: Recipe, calib: np.ndarray | None 
             blocks.unload(model, i)
         report_progress("quantizing layers", i + 1, n_layers)
 
-    head = None
-    if embed is not None and embed.method == "gptq":
+    if embed_last:
         t0 = time.perf_counter()
         head = acts.head_stats(model)
-        w = _matrix(model, "embed")  # (d, V): the LM head's kernel
-        qt = solve_tied(head, w, token_counts(calib, w.shape[1]), lookup=recipe.lookup, damp=recipe.damp,
-                        bits=embed.bits, group=embed.group, symmetric=embed.symmetric, act_order=recipe.act_order,
-                        clip_steps=recipe.clip_steps, scale_dtype=scale_dtype)
-        finish("embed", embed, head, w, t0, qt)
+        finish("embed", embed, head, _matrix(model, "embed"), t0, _solve_embed(model, embed, head, recipe, counts,
+                                                                               scale_dtype))
 
     floats.update({name: np.asarray(leaf[...]) for name, leaf in _params(model)
                    if name not in qtensors and name not in floats and not _abstract(leaf)})
     return QuantizedModel(qtensors=qtensors, floats=floats, report=report,
                           seconds=time.perf_counter() - start, forward_seconds=forward, head_stats=head)
+
+
+def _solve_embed(model: Transformer, spec: TensorSpec, head: InputStats, recipe: Recipe, counts: np.ndarray,
+                 scale_dtype) -> QTensor | SplitQTensor:
+    """GPTQ of the tied embedding as the LM head on the head's input moments ``head``; with
+    ``hot_rows``, the most frequent tokens' rows (by ``counts``) at int8 per row."""
+    w = _matrix(model, "embed")  # (d, V): the LM head's kernel
+
+    def solve(cols, ids, hot):
+        sp = _hot_spec(spec, hot)
+        return solve_tied(head, cols, counts[ids], lookup=recipe.lookup, damp=recipe.damp, bits=sp.bits,
+                          group=sp.group, symmetric=sp.symmetric, act_order=recipe.act_order,
+                          clip_steps=recipe.clip_steps, scale_dtype=scale_dtype)
+
+    if spec.hot_rows:
+        return split_solve(w, hot_ids(counts, spec.hot_rows), solve)
+    return solve(w, np.arange(w.shape[1]), False)
 
 
 def _abstract(leaf) -> bool:

@@ -28,7 +28,7 @@ from jaxtyping import Array, Float
 from nano.errors import NanoError
 from nano.params import as_matrix
 from nano.qcheckpoint import SCALE_DTYPE, read_manifest, read_quantized, save_quantized, size_totals, tensor_bytes
-from nano.qtensor import QTensor, qrange
+from nano.qtensor import QTensor, SplitQTensor, qrange
 
 
 def _grouped(w, group_count: int):
@@ -97,17 +97,34 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def start(ckpt: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """(scales as a nested float32 tree, {name: {bits, group}}) of a quantized checkpoint.
+    """(scales as a nested float32 tree, {name: {bits, group[, hot]}}) of a quantized checkpoint.
 
-    Its latent weights are its dequantized codes, which `load_checkpoint` already returns."""
+    Its latent weights are its dequantized codes, which `load_checkpoint` already returns. A split
+    embedding (`--embed mixed`) trains its two grids: scales `embed.hot` and `embed.cold`, and
+    `hot` = {ids, bits, group} in its grid entry."""
     _, qtensors, _ = read_quantized(ckpt)
-    grid = {}
+    grid, scales = {}, {}
     for name, qt in qtensors.items():
         if not qt.symmetric:
             raise NanoError(f"{ckpt}: tensor {name!r} is asymmetric; quantization-aware training learns "
                             "symmetric grids only: quantize with \"symmetric\": true in the recipe")
-        grid[name] = {"bits": qt.bits, "group": qt.group}
-    return nest({n: qt.scale.astype(np.float32) for n, qt in qtensors.items()}), grid
+        if isinstance(qt, SplitQTensor):
+            grid[name] = {"bits": qt.cold.bits, "group": qt.cold.group,
+                          "hot": {"ids": np.asarray(qt.ids), "bits": qt.hot.bits, "group": qt.hot.group}}
+            scales |= {f"{name}.hot": qt.hot.scale.astype(np.float32), f"{name}.cold": qt.cold.scale.astype(np.float32)}
+        else:
+            grid[name] = {"bits": qt.bits, "group": qt.group}
+            scales[name] = qt.scale.astype(np.float32)
+    return nest(scales), grid
+
+
+def _split(m, hot: Mapping[str, Any]):
+    """(hot columns, cold columns, the slot of each column in [hot | cold]) of an (in, out) matrix."""
+    ids = np.asarray(hot["ids"])
+    keep = np.ones(m.shape[1], bool)
+    keep[ids] = False
+    cold = np.flatnonzero(keep)
+    return m[:, ids], m[:, cold], np.argsort(np.concatenate([ids, cold]))
 
 
 def apply(params, scales: Mapping[str, Any], grid: Mapping[str, Mapping[str, Any]]):
@@ -118,8 +135,13 @@ def apply(params, scales: Mapping[str, Any], grid: Mapping[str, Mapping[str, Any
         name = param_name(path)
         if name not in grid:
             return w
-        m = as_matrix(name, w)
-        return as_matrix(name, fake_quant(m, flat_scales[name].astype(m.dtype), bits=grid[name]["bits"]))
+        m, g = as_matrix(name, w), grid[name]
+        if "hot" in g:  # each part on its own grid, then the columns back in order
+            hot, cold, slot = _split(m, g["hot"])
+            parts = [fake_quant(hot, flat_scales[f"{name}.hot"].astype(m.dtype), bits=g["hot"]["bits"]),
+                     fake_quant(cold, flat_scales[f"{name}.cold"].astype(m.dtype), bits=g["bits"])]
+            return as_matrix(name, jnp.concatenate(parts, axis=1)[:, slot])
+        return as_matrix(name, fake_quant(m, flat_scales[name].astype(m.dtype), bits=g["bits"]))
 
     return jax.tree_util.tree_map_with_path(one, params)
 
@@ -129,8 +151,17 @@ def finish(flat_params: Mapping[str, np.ndarray], scales: Mapping[str, Any],
     """(float parameters, QTensors) to write with `save_quantized`: exactly the trained forward."""
     flat_scales = flatten(scales)
     floats = {n: np.asarray(w, np.float32) for n, w in flat_params.items() if n not in grid}
-    qtensors = {n: codes(as_matrix(n, np.asarray(flat_params[n], np.float32)), np.asarray(flat_scales[n]),
-                         bits=g["bits"], group=g["group"]) for n, g in grid.items()}
+    qtensors = {}
+    for n, g in grid.items():
+        m = as_matrix(n, np.asarray(flat_params[n], np.float32))
+        if "hot" in g:
+            hot, cold, _ = _split(m, g["hot"])
+            qtensors[n] = SplitQTensor(
+                ids=np.asarray(g["hot"]["ids"], np.int64),
+                hot=codes(hot, np.asarray(flat_scales[f"{n}.hot"]), bits=g["hot"]["bits"], group=g["hot"]["group"]),
+                cold=codes(cold, np.asarray(flat_scales[f"{n}.cold"]), bits=g["bits"], group=g["group"]))
+        else:
+            qtensors[n] = codes(m, np.asarray(flat_scales[n]), bits=g["bits"], group=g["group"])
     return floats, qtensors
 
 

@@ -28,7 +28,19 @@ CALIBRATED = ("gptq", "awq")  # methods that need activations
 # `--embed int4`: the tied embedding at 4 bits, GPTQ'd as the LM head (its Hessian is the final-norm
 # hidden states' x^T x, see pipeline.py); group 32 so it is Q4_0 in a GGUF and blockwise int4 in LiteRT.
 EMBED_INT4 = {"method": "gptq", "bits": 4, "group": 32}
-NO_CALIBRATION = "gptq/awq need calibration text; pass --calib (a prepared data dir or text files)"
+NO_CALIBRATION = ("gptq/awq (and the embedding's hot_rows, which count its tokens) need calibration text; "
+                  "pass --calib (a prepared data dir or text files)")
+HOT_BITS = 8  # `hot_rows`: the embedding rows of the most frequent calibration tokens, int8 per row
+
+
+def embed_mixed(vocab: int, d_model: int, *, group: int = 64) -> dict[str, Any]:
+    """`--embed mixed`: the tied embedding GPTQ'd as the LM head at int4 `group` with the rows of the
+    most frequent calibration tokens at int8 per row, as many as keep the embedding within the bits
+    of int4 group 32 (bf16 scales: 4 + 16/32 bits a weight): 17,133 rows for Gemma 3 270M."""
+    budget = (4 + 16 / 32) * d_model                       # bits of one int4 g32 row
+    cold = (4 + 16 / group) * d_model                      # int4 `group` row
+    hot = HOT_BITS * d_model + 16 + 32                     # int8 row, one bf16 scale, its int32 id
+    return {"method": "gptq", "bits": 4, "group": group, "hot_rows": int(vocab * (budget - cold) // (hot - cold))}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -37,6 +49,9 @@ class TensorSpec:
     bits: int = 4
     group: int | None = 32  # None = one scale per output channel
     symmetric: bool = True
+    # Embedding only: the rows of this many most frequent calibration tokens at int8 per row, the
+    # rest on this spec's grid (a nano.qtensor.SplitQTensor; LiteRT export only, no GGUF form).
+    hot_rows: int = 0
 
     def check(self, where: str) -> "TensorSpec":
         if self.method not in METHODS:
@@ -49,11 +64,14 @@ class TensorSpec:
                             "(per channel); use 32, 64 or 128")
         if not isinstance(self.symmetric, bool):
             raise NanoError(f"{where}: symmetric must be true or false")
+        if isinstance(self.hot_rows, bool) or not isinstance(self.hot_rows, int) or self.hot_rows < 0:
+            raise NanoError(f"{where}: hot_rows {self.hot_rows!r} must be an integer >= 0 (0 = no int8 rows)")
         return self
 
     def label(self) -> str:
         g = "channel" if self.group is None else f"g{self.group}"
-        return f"{self.method} int{self.bits} {g}{'' if self.symmetric else ' asym'}"
+        hot = f" + {self.hot_rows:,} int8 rows" if self.hot_rows else ""
+        return f"{self.method} int{self.bits} {g}{'' if self.symmetric else ' asym'}{hot}"
 
 
 SPEC_FIELDS = {f.name for f in dataclasses.fields(TensorSpec)}
@@ -76,6 +94,11 @@ class Recipe:
     # GPTQ of the tied embedding as the LM head: each row also damped by lookup x its token's
     # calibration frequency x vocab (the lookup role; quantize.tied); 0 = plain GPTQ.
     lookup: float = 0.0
+    # A GPTQ'd embedding is solved first, on the float model's final hidden states, so that every
+    # layer is calibrated on its quantized lookups (else last, on the quantized layers' states).
+    # Gemma 3 270M, every tensor 4-bit: 18.64 first against 18.80 last (--embed int4), 17.94 against
+    # 18.05 (--embed mixed), 40 held-out windows.
+    embed_first: bool = True
 
     def __post_init__(self):
         self.default.check("recipe")
@@ -84,6 +107,9 @@ class Recipe:
                 self._merge(self.default, fields, f"recipe override {glob!r}")
         if self.damp < 0:
             raise NanoError(f"recipe: damp {self.damp} must be >= 0; use 0.01")
+        for flag in ("act_order", "embed_first"):
+            if not isinstance(getattr(self, flag), bool):
+                raise NanoError(f"recipe: {flag} must be true or false")
         if self.lookup < 0:
             raise NanoError(f"recipe: lookup {self.lookup} must be >= 0; use 0 (plain GPTQ) or e.g. 0.1")
 
@@ -104,8 +130,9 @@ class Recipe:
         return spec
 
     def needs_calibration(self, names) -> bool:
-        """Whether a weight matrix among parameter ``names`` gets a method that reads activations."""
-        return any(is_matrix(n) and (s := self.spec_for(n)) is not None and s.method in CALIBRATED
+        """Whether a weight matrix among parameter ``names`` gets a method that reads activations, or
+        hot rows, which count the calibration tokens."""
+        return any(is_matrix(n) and (s := self.spec_for(n)) is not None and (s.method in CALIBRATED or s.hot_rows)
                    for n in names)
 
     def to_dict(self) -> dict[str, Any]:
@@ -113,18 +140,18 @@ class Recipe:
                 "overrides": {g: ("float" if f is None else dict(f)) for g, f in self.overrides},
                 "damp": self.damp, "act_order": self.act_order, "clip_steps": self.clip_steps,
                 "awq_grid": self.awq_grid,
-                "mse_steps": self.mse_steps, "lookup": self.lookup}
+                "mse_steps": self.mse_steps, "lookup": self.lookup, "embed_first": self.embed_first}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "recipe") -> "Recipe":
         if not isinstance(data, Mapping):
             raise NanoError(f"{source}: a recipe is a JSON object")
-        known = SPEC_FIELDS | {"overrides", "damp", "act_order", "clip_steps", "awq_grid", "mse_steps", "lookup"}
+        flags = ("damp", "act_order", "clip_steps", "awq_grid", "mse_steps", "lookup", "embed_first")
+        known = SPEC_FIELDS | {"overrides", *flags}
         unknown = sorted(set(data) - known)
         if unknown:
             raise NanoError(f"{source}: unknown field {unknown[0]!r}; use {', '.join(sorted(known))}")
-        kw: dict[str, Any] = {k: data[k] for k in ("damp", "act_order", "clip_steps", "awq_grid", "mse_steps",
-                                                   "lookup") if k in data}
+        kw: dict[str, Any] = {k: data[k] for k in flags if k in data}
         default = TensorSpec(**{k: data[k] for k in SPEC_FIELDS if k in data}).check(source)
         if "overrides" in data:
             raw = data["overrides"]

@@ -28,6 +28,15 @@ def calibration_tokens(calib: str | Path, tokenizer, *, rows: int = 128, length:
     ``calib``: a prepared data directory (its ``split``; it must use the model's tokenizer), a
     text file (.txt .md .rst .html), a folder of them, or a JSONL file of ``{"text": ...}``.
     """
+    windows, info, _ = calibration_text(calib, tokenizer, rows=rows, length=length, split=split)
+    return windows, info
+
+
+def calibration_text(calib: str | Path, tokenizer, *, rows: int = 128, length: int = 512,
+                     split: str = "train") -> tuple[np.ndarray, dict[str, Any], np.ndarray]:
+    """`calibration_tokens`' windows and info, and the (V,) token counts of the whole text (what
+    picks the embedding's hot rows: the rows alone see too few distinct tokens), read shard by
+    shard."""
     from nano.data.shards import TokenSplit, eval_windows
     from nano.data.sources import Source, file_to_text, read_documents
 
@@ -51,8 +60,23 @@ def calibration_tokens(calib: str | Path, tokenizer, *, rows: int = 128, length:
                         "give more text or a smaller --calib-len")
     windows = eval_windows(stream, window=length, bos_id=tokenizer.bos_id, max_windows=rows)
     digest = hashlib.sha256(windows.tobytes()).hexdigest()
+    counts = _token_counts(stream, tokenizer.vocab_size)
     return windows, {**source, "rows": len(windows), "length": length, "tokens": int(windows.size),
-                     "tokens_sha256": digest, "tokenizer_sha256": tokenizer.sha256}
+                     "tokens_sha256": digest, "tokenizer_sha256": tokenizer.sha256,
+                     "text_tokens": int(len(stream))}, counts
+
+
+def _token_counts(stream, vocab: int, chunk: int = 1 << 24) -> np.ndarray:
+    """(vocab,) occurrences of each id in a token stream (a prepared split's shards, or an array)."""
+    counts = np.zeros(vocab, np.float64)
+    for shard in getattr(stream, "shards", [stream]):
+        for i in range(0, len(shard), chunk):
+            c = np.bincount(np.asarray(shard[i:i + chunk]), minlength=vocab)
+            if len(c) > vocab:
+                raise NanoError(f"calibration text holds token id {len(c) - 1}, outside the tokenizer's {vocab}; "
+                                "prepare it with this model's tokenizer")
+            counts += c
+    return counts
 
 
 def _encode(texts: list[str], tokenizer) -> np.ndarray:
@@ -96,26 +120,26 @@ def quantize_checkpoint(ckpt: str | Path, out: str | Path, *, recipe: Recipe, ca
         model, blocks = open_streamed(ckpt, param_dtype=np.float32)
     else:
         model = load_checkpoint(ckpt, param_dtype=np.float32)
-    calib_tokens, calib_info = None, None
+    calib_tokens, calib_info, counts = None, None, None
     specs = plan(model, recipe)  # bad groups/overrides fail here, before calibration work
     if not specs:
         raise NanoError("recipe: no tensor is quantized (every override is \"float\"?)")
     if recipe.needs_calibration(specs):
         if calib is None:
             raise NanoError(NO_CALIBRATION)
-        calib_tokens, calib_info = calibration_tokens(calib, tokenizer, rows=calib_rows, length=calib_len)
+        calib_tokens, calib_info, counts = calibration_text(calib, tokenizer, rows=calib_rows, length=calib_len)
 
     report = progress or (lambda *a: None)
     before = after = None
     if eval_windows is not None:
         before = evaluate(model, eval_windows, progress=lambda d, t: report("held-out ppl (float)", d, t))
-    result = quantize_model(model, recipe, calib_tokens, progress=progress, blocks=blocks)
+    result = quantize_model(model, recipe, calib_tokens, progress=progress, blocks=blocks, frequencies=counts)
     if eval_windows is not None:
         after = evaluate(model, eval_windows, progress=lambda d, t: report("held-out ppl (quantized)", d, t))
 
     q_bytes = {name: tensor_bytes(name, qt) for name, qt in result.qtensors.items()}
-    tensors = {name: {**row, "params": int(result.qtensors[name].q.size), "bytes": q_bytes[name],
-                      "bits_per_weight": 8 * q_bytes[name] / result.qtensors[name].q.size}
+    tensors = {name: {**row, "params": result.qtensors[name].size, "bytes": q_bytes[name],
+                      "bits_per_weight": 8 * q_bytes[name] / result.qtensors[name].size}
                for name, row in result.report.items()}
     summary = {
         "source": {"checkpoint": str(ckpt), "model": config.name,

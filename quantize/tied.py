@@ -11,14 +11,22 @@ damping share one factorization; rows are put in buckets of damping (a factor ``
 
 ``lookup`` is the damping of a token of average frequency ``1/V``; ``lookup = 0`` is plain GPTQ
 (bit for bit), and equal frequencies give plain GPTQ at ``damp + lookup`` (tested).
+
+Hot rows. The same frequencies pick the rows that matter most in both roles: the embedding rows
+of the ``k`` most frequent calibration tokens can go on a finer grid (int8 per row) and the rest
+on a coarser one (``split_solve``, a :class:`nano.qtensor.SplitQTensor`). Columns are solved
+independently, so each part is its own solve on the same moments. On Gemma 3 270M the 16,384
+most frequent Python-docs tokens cover 96% of the SQLite held-out tokens.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from nano.errors import NanoError
-from nano.qtensor import QTensor
+from nano.qtensor import QTensor, SplitQTensor
 from quantize.gptq import GPTQ
 from quantize.stats import InputStats
 
@@ -81,3 +89,18 @@ def solve_tied(stats: InputStats, w, counts: np.ndarray, *, lookup: float, damp:
         if zero is not None:
             zero[:, rows] = qt.zero
     return QTensor(q=q, scale=scale, zero=zero, bits=bits, group=group)
+
+
+def hot_ids(counts: np.ndarray, k: int) -> np.ndarray:
+    """(k,) increasing ids of the ``k`` most frequent tokens; ties go to the lower id."""
+    if not 0 < k < len(counts):
+        raise NanoError(f"hot_rows {k} must be in [1, {len(counts) - 1}] (the vocabulary has {len(counts)} rows)")
+    return np.sort(np.argsort(-np.asarray(counts), kind="stable")[:k])
+
+
+def split_solve(w: np.ndarray, ids: np.ndarray, solve: Callable[[np.ndarray, np.ndarray, bool], QTensor]) -> SplitQTensor:
+    """``solve(columns of w, their column ids, hot)`` for the columns ``ids`` (hot) and the rest."""
+    keep = np.ones(w.shape[1], bool)
+    keep[ids] = False
+    cold = np.flatnonzero(keep)
+    return SplitQTensor(ids=np.asarray(ids, np.int64), hot=solve(w[:, ids], ids, True), cold=solve(w[:, cold], cold, False))

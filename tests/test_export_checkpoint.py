@@ -168,3 +168,49 @@ def test_bad_input_is_refused_before_writing(tmp_path, tiny_ckpt, monkeypatch):
     with pytest.raises(NanoError, match="cannot export model 'tiny'.*tfl.some_op"):
         export_checkpoint(tiny_ckpt, out)
     assert not list(tmp_path.glob("x.*")) and not list(tmp_path.glob(".x.*"))
+
+
+# ---- the split embedding (`--embed mixed`): frequent tokens' rows at int8, the rest at int4 ----
+
+@pytest.fixture(scope="module")
+def split_export(tmp_path_factory, tiny_ckpt, tiny_data):
+    root = tmp_path_factory.mktemp("xs")
+    ckpt = root / "s"
+    embed = {"method": "rtn", "bits": 4, "group": 32, "hot_rows": 64}
+    quantize_checkpoint(tiny_ckpt, ckpt, recipe=Recipe(default=RTN4, overrides=(("embed", embed),)),
+                        calib=tiny_data, calib_rows=4, calib_len=32)
+    return ckpt, export_checkpoint(ckpt, root / "s.tflite", prefill_lens=(4, 16), litertlm=True)
+
+
+def test_split_embedding_codes_are_stored_bit_exactly_and_run(split_export, tiny_ckpt, tiny_tokenizer):
+    from nano.qtensor import SplitQTensor
+
+    ckpt, summary = split_export
+    _, want, _ = read_quantized(ckpt)
+    split = want.pop("embed")
+    assert isinstance(split, SplitQTensor) and len(split.ids) == 64
+    got = read_qtensors(summary["tflite"])
+    assert sorted(got) == sorted([*want, "embed.hot", "embed.cold"])
+    for name, qt in [*want.items(), ("embed.hot", split.hot), ("embed.cold", split.cold)]:
+        assert (got[name].bits, got[name].group) == (qt.bits, qt.group), name
+        np.testing.assert_array_equal(got[name].q, qt.q, err_msg=name)
+        np.testing.assert_array_equal(got[name].scale, qt.scale, err_msg=name)
+    assert (split.hot.bits, split.hot.group, split.cold.bits, split.cold.group) == (8, None, 4, 32)
+    # a prompt reading rows of both tables; the logits must come back in vocabulary order
+    hot, cold = split.ids.tolist(), split.cold_ids.tolist()
+    prompt = [tiny_tokenizer.bos_id, hot[0], cold[3], hot[9], cold[40], cold[41]]
+    ref = reference(load_checkpoint(ckpt), prompt)
+    tol = 0.3  # as test_quantized_export_runs_as_the_dequantized_model
+    assert max_diff(ref, reference(load_checkpoint(tiny_ckpt), prompt)) > 3 * tol
+    assert max_diff(run_litert(summary["tflite"], prompt, ref), ref) <= tol
+    text = "".join(litertlm_generate(summary["litertlm"], "the rat", max_tokens=8))  # LiteRT-LM runs it too
+    assert isinstance(text, str)
+
+
+def test_split_embedding_has_no_gguf_form(split_export, tmp_path):
+    from export.gguf import export_gguf
+
+    ckpt, _ = split_export
+    with pytest.raises(NanoError, match="no GGUF form.*--embed int4"):
+        export_gguf(ckpt, tmp_path / "s.gguf")
+    assert not list(tmp_path.iterdir())

@@ -2,6 +2,7 @@
 round trip from a quantized checkpoint back to the same codes."""
 
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,7 @@ from nano.qtensor import QTensor, dequantize
 from quantize import qat
 from quantize.recipe import Recipe, TensorSpec
 from quantize.run import quantize_checkpoint
+from tests.conftest import make_tiny_tokenizer
 
 
 def bf16(x):
@@ -80,6 +82,32 @@ def test_start_apply_finish_round_trips_a_quantized_checkpoint(tiny_ckpt, tmp_pa
         np.testing.assert_array_equal(qtensors[name].scale, qt.scale)
 
 
+def test_a_split_embedding_trains_on_both_grids_and_round_trips(tiny_ckpt, tiny_data, tmp_path):
+    out = tmp_path / "q"
+    recipe = Recipe(default=TensorSpec(method="rtn", bits=4, group=32),
+                    overrides=(("embed", {"method": "rtn", "bits": 4, "group": 32, "hot_rows": 50}),))
+    quantize_checkpoint(tiny_ckpt, out, recipe=recipe, calib=tiny_data, calib_rows=2, calib_len=32)
+    _, want, _ = read_quantized(out)
+    scales, grid = qat.start(out)
+    assert set(scales["embed"]) == {"hot", "cold"} and grid["embed"]["hot"]["bits"] == 8
+    model = load_checkpoint(out)
+    graphdef, params = nnx.split(model, nnx.Param)
+    faked = nnx.merge(graphdef, qat.apply(params, jax.tree.map(jnp.asarray, scales), grid))
+    np.testing.assert_array_equal(flat_params(faked)["embed"], flat_params(model)["embed"])  # step 0: both grids
+    _, qtensors = qat.finish(flat_params(model), scales, grid)
+    got, split = qtensors["embed"], want["embed"]
+    np.testing.assert_array_equal(got.ids, split.ids)
+    for a, b in ((got.hot, split.hot), (got.cold, split.cold)):
+        np.testing.assert_array_equal(a.q, b.q)
+        np.testing.assert_array_equal(a.scale, b.scale)
+    # the scales get gradients through the columns they own
+    def loss(sc):
+        f = nnx.merge(graphdef, qat.apply(params, sc, grid))
+        return jnp.sum(f.embed[...] ** 2)
+    g = jax.grad(loss)(jax.tree.map(jnp.asarray, scales))
+    assert float(jnp.abs(g["embed"]["hot"]).sum()) > 0 and float(jnp.abs(g["embed"]["cold"]).sum()) > 0
+
+
 def test_asymmetric_checkpoints_are_refused(tiny_ckpt, tmp_path):
     q = np.zeros((64, 64), np.int8)
     qt = QTensor(q=q, scale=np.ones((2, 64), np.float32), zero=np.zeros((2, 64), np.float32), bits=4, group=32)
@@ -132,10 +160,10 @@ def qat_setup(tmp_path_factory, tiny_ckpt, tiny_data):
     return root, root / "q", config
 
 
-def _qat_run(out, init, teacher, data, *, resume=False):
+def _qat_run(out, init, teacher, data, *, resume=False, **kw):
     from nano.cli import _qat
 
-    cfg = TrainConfig(**QAT_RUN, teacher=str(teacher), data=str(data), init=str(init), qat=True)
+    cfg = TrainConfig(**{**QAT_RUN, **kw}, teacher=str(teacher), data=str(data), init=str(init), qat=True)
     view, write = _qat(cfg)
     return start_run(cfg, out, resume=resume, view=view), write
 
@@ -166,6 +194,19 @@ def test_qat_writes_the_codes_its_last_forward_used(qat_setup, tiny_ckpt, tiny_d
     for name, qt in qtensors.items():  # into the .tflite bit for bit
         np.testing.assert_array_equal(exported[name].q, qt.q, err_msg=name)
         np.testing.assert_array_equal(exported[name].scale, qt.scale, err_msg=name)
+
+
+def test_qat_with_a_frozen_embedding_keeps_its_codes_and_scales(qat_setup, tiny_ckpt, tiny_data, tmp_path):
+    """--freeze-embed with --qat: the embedding's latent table and its scales stay as they start, so
+    its codes are the checkpoint's; every other tensor still trains."""
+    root, init, _ = qat_setup
+    run, write = _qat_run(tmp_path / "run", init, tiny_ckpt, tiny_data, freeze_embed=True)
+    run.train(write_student=write)
+    _, start_codes, _ = read_quantized(init)
+    _, trained, _ = read_quantized(tmp_path / "run" / "student")
+    np.testing.assert_array_equal(trained["embed"].q, start_codes["embed"].q)
+    np.testing.assert_array_equal(trained["embed"].scale, start_codes["embed"].scale)
+    assert any(not np.array_equal(qt.q, start_codes[n].q) for n, qt in trained.items() if n != "embed")
 
 
 def test_a_killed_qat_run_resumes_exactly(qat_setup, tiny_ckpt, tiny_data, tmp_path):
@@ -199,8 +240,17 @@ def test_qat_bad_input_is_one_line(qat_setup, tiny_ckpt, tiny_data, tmp_path):
     runner = CliRunner()
     base = ["distill", "--teacher", str(tiny_ckpt), "--data", str(tiny_data), "--config", str(config),
             "--out", str(tmp_path / "o"), "--qat"]
+    int8_grouped, other_tok = root / "int8g", tmp_path / "other-tokenizer"
+    if not int8_grouped.exists():
+        quantize_checkpoint(tiny_ckpt, int8_grouped, recipe=Recipe(default=TensorSpec(method="rtn", bits=8, group=32)))
+    shutil.copytree(init, other_tok)
+    make_tiny_tokenizer(vocab_size=500).save(other_tok / "tokenizer.model")  # the grid of `init`, another tokenizer
+    meta = json.loads((other_tok / "meta.json").read_text())
+    (other_tok / "meta.json").write_text(json.dumps({**meta, "tokenizer_sha256": "another"}))
     cases = [([], "qat needs init"),
-             (["--init", str(tiny_ckpt)], "not a quantized checkpoint (no quantization.json)")]
+             (["--init", str(tiny_ckpt)], "not a quantized checkpoint (no quantization.json)"),
+             (["--init", str(int8_grouped)], "`nano export` cannot write its grid"),
+             (["--init", str(other_tok)], "differs from the teacher's")]
     for extra, message in cases:
         result = runner.invoke(app, [*base, *extra])
         assert result.exit_code == 1 and message in " ".join(result.output.split()), (extra, result.output)

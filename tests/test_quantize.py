@@ -330,6 +330,106 @@ def test_cli_embed_int4_is_calibrated_and_bits_are_exact(tiny_ckpt, tiny_data, t
     assert manifest["tensors"]["embed"]["method"] == "mse" and manifest["calibration"] is None
 
 
+# ---- the embedding first ----
+
+def test_embed_first_is_solved_on_the_float_models_head_inputs(tiny_ckpt, tiny_data, tiny_tokenizer):
+    """`embed_first`: the embedding's codes are GPTQ on the float model's final hidden states, and the
+    layers are then calibrated on its quantized lookups (= quantizing them in a model whose embedding
+    already holds those values)."""
+    from quantize.tied import solve_tied, token_counts
+
+    tokens, _ = calibration_tokens(tiny_data, tiny_tokenizer, rows=4, length=32)
+    embed_int4 = ("embed", {"method": "gptq", "bits": 4, "group": 32})
+    recipe = Recipe(default=TensorSpec(method="gptq", bits=4, group=32), overrides=(embed_int4,), embed_first=True)
+    got = quantize_model(load_checkpoint(tiny_ckpt), recipe, tokens)
+
+    float_model = load_checkpoint(tiny_ckpt)
+    h, _ = float_model.hidden(jnp.asarray(tokens))
+    from quantize.stats import InputStats
+    head = InputStats(h.shape[-1])
+    head.add_batch(np.asarray(h))
+    w = np.asarray(float_model.embed[...], np.float32).T
+    want = solve_tied(head, w, token_counts(tokens, w.shape[1]), lookup=0.0, damp=recipe.damp, bits=4, group=32,
+                      clip_steps=recipe.clip_steps, scale_dtype=ml_dtypes.bfloat16)
+    np.testing.assert_array_equal(got.qtensors["embed"].q, want.q)
+    np.testing.assert_array_equal(got.qtensors["embed"].scale, want.scale)
+
+    float_model.embed[...] = jnp.asarray(dequantize(want).T)
+    layers = quantize_model(float_model, Recipe(default=TensorSpec(method="gptq", bits=4, group=32),
+                                                overrides=(("embed", None),)), tokens).qtensors
+    for name, qt in layers.items():
+        np.testing.assert_array_equal(got.qtensors[name].q, qt.q, err_msg=name)
+
+
+# ---- the split embedding: the most frequent tokens' rows at int8 ----
+
+def test_embed_mixed_fits_the_bits_of_int4_group_32():
+    from quantize.recipe import embed_mixed
+
+    spec = embed_mixed(262144, 640)
+    assert spec == {"method": "gptq", "bits": 4, "group": 64, "hot_rows": 17133}  # Gemma 3 270M
+    k, V, d = spec["hot_rows"], 262144, 640
+    row = 8 * d + 16 + 32 - (4 + 16 / 64) * d  # an int8 row (bf16 scale, int32 id) over an int4 g64 one
+    bits = k * (8 * d + 16 + 32) + (V - k) * (4 + 16 / 64) * d
+    assert bits <= 4.5 * V * d < bits + row  # one more int8 row would not fit
+
+
+def test_hot_rows_are_the_most_frequent_tokens_each_part_its_own_solve(tiny_ckpt, tiny_data, tiny_tokenizer, tmp_path):
+    """The hot rows are the k most frequent tokens of the whole calibration text; hot and cold parts
+    are the GPTQ solves of their own columns on the same head moments; the checkpoint stores and
+    loads them exactly, and counts their bits."""
+    from nano.qtensor import SplitQTensor
+    from quantize.run import calibration_text
+    from quantize.stats import InputStats
+    from quantize.tied import hot_ids, solve_tied
+
+    tokens, _, counts = calibration_text(tiny_data, tiny_tokenizer, rows=4, length=32)
+    embed = {"method": "gptq", "bits": 4, "group": 32, "hot_rows": 100}
+    recipe = Recipe(default=TensorSpec(method="gptq", bits=4, group=32), overrides=(("embed", embed),),
+                    embed_first=True)
+    got = quantize_model(load_checkpoint(tiny_ckpt), recipe, tokens, frequencies=counts)
+    split = got.qtensors["embed"]
+    assert isinstance(split, SplitQTensor)
+    ids = hot_ids(counts, 100)
+    np.testing.assert_array_equal(split.ids, ids)
+    assert counts[ids].min() >= np.delete(counts, ids).max()
+    float_model = load_checkpoint(tiny_ckpt)
+    h, _ = float_model.hidden(jnp.asarray(tokens))
+    head = InputStats(h.shape[-1])
+    head.add_batch(np.asarray(h))
+    w = np.asarray(float_model.embed[...], np.float32).T
+    kw = dict(lookup=0.0, damp=recipe.damp, clip_steps=recipe.clip_steps, scale_dtype=ml_dtypes.bfloat16)
+    for part, cols, bits, group in ((split.hot, ids, 8, None), (split.cold, split.cold_ids, 4, 32)):
+        want = solve_tied(head, w[:, cols], counts[cols], bits=bits, group=group, **kw)
+        np.testing.assert_array_equal(part.q, want.q)
+        np.testing.assert_array_equal(part.scale, want.scale)
+
+    out = quantize_checkpoint(tiny_ckpt, tmp_path / "q", recipe=recipe, calib=tiny_data, calib_rows=4, calib_len=32)
+    floats, qtensors, manifest = read_quantized(tmp_path / "q")
+    back = qtensors["embed"]
+    np.testing.assert_array_equal(back.ids, split.ids)
+    for a, b in ((back.hot, split.hot), (back.cold, split.cold)):
+        np.testing.assert_array_equal(a.q, b.q)
+        np.testing.assert_array_equal(a.scale, b.scale)
+    assert "embed" not in floats and not any(k.startswith("embed.") for k in floats)
+    np.testing.assert_array_equal(np.asarray(load_checkpoint(tmp_path / "q").embed[...]), dequantize(split).T)
+    entry = manifest["tensors"]["embed"]
+    assert entry["hot"] == {"rows": 100, "bits": 8, "group": None, "symmetric": True}
+    V, d = w.shape[1], w.shape[0]
+    assert 8 * tensor_bytes("embed", split) == 100 * (8 * d + 16) + (V - 100) * 4.5 * d + 32 * 100  # + int32 ids
+    assert out["report"]["embed"]["params"] == V * d
+
+
+def test_hot_rows_are_refused_off_the_embedding_or_past_the_vocabulary(tiny_ckpt, tiny_data, tiny_tokenizer):
+    tokens, _ = calibration_tokens(tiny_data, tiny_tokenizer, rows=2, length=32)
+    for over, why in ((("layers.*", {"hot_rows": 4}), "hot_rows is for the tied embedding"),
+                      (("embed", {"method": "rtn", "hot_rows": 512}), "must be below the vocabulary")):
+        with pytest.raises(NanoError, match=why):
+            quantize_model(load_checkpoint(tiny_ckpt), Recipe(default=TensorSpec(method="rtn"), overrides=(over,)), tokens)
+    with pytest.raises(NanoError, match="hot_rows -1"):
+        Recipe.from_dict({"overrides": {"embed": {"hot_rows": -1}}})
+
+
 # ---- streaming: one block in memory at a time ----
 
 def test_open_streamed_reads_the_checkpoint_block_by_block(tiny_ckpt, tmp_path):
@@ -350,12 +450,15 @@ def test_open_streamed_reads_the_checkpoint_block_by_block(tiny_ckpt, tmp_path):
 
 def test_streamed_quantization_equals_in_memory(tiny_ckpt, tiny_data, tiny_tokenizer):
     """quantize_checkpoint without held-out eval streams the blocks; the codes are the in-memory
-    model's bit for bit (AWQ folds and GPTQ both)."""
+    model's bit for bit (AWQ folds, GPTQ, and GPTQ with the embedding first)."""
     from nano.checkpoint import open_streamed
 
     tokens, _ = calibration_tokens(tiny_data, tiny_tokenizer, rows=4, length=32)
-    for method in ("gptq", "awq"):
-        recipe = Recipe(default=TensorSpec(method=method, bits=4, group=32))
+    embed_int4 = (("embed", {"method": "gptq", "bits": 4, "group": 32}),)
+    for recipe in (Recipe(default=TensorSpec(method="gptq", bits=4, group=32)),
+                   Recipe(default=TensorSpec(method="awq", bits=4, group=32)),
+                   Recipe(default=TensorSpec(method="gptq", bits=4, group=32), overrides=embed_int4,
+                          embed_first=True)):
         ref = quantize_model(load_checkpoint(tiny_ckpt), recipe, tokens)
         model, blocks = open_streamed(tiny_ckpt)
         got = quantize_model(model, recipe, tokens, blocks=blocks)
